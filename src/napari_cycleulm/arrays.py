@@ -1,0 +1,72 @@
+"""Input checks shared by every stage that takes image data."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import CycleULMError
+
+
+def as_frames(frames, name: str = "frames", min_frames: int = 1) -> np.ndarray:
+    """Check and convert a CEUS stack to a float32 ``(T, H, W)`` array.
+
+    A single 2-D image becomes a one-frame stack.  Complex input (IQ data) is
+    rejected here: take its magnitude (or run the SVD clutter filter) first.
+
+    Parameters
+    ----------
+    frames : array_like
+        Stack of frames, shape ``(T, H, W)`` or ``(H, W)``.
+    name : str
+        Name used in error messages.
+    min_frames : int
+        Minimum number of frames the caller needs.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of shape ``(T, H, W)`` (a view when no copy is needed).
+
+    Raises
+    ------
+    CycleULMError
+        On wrong dimensionality, empty input, complex or non-numeric values,
+        NaN or infinite values, or fewer than ``min_frames`` frames.
+    """
+    arr = np.asarray(frames)
+    if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+        raise CycleULMError(f"{name} must be numeric, got dtype {arr.dtype}.")
+    if np.iscomplexobj(arr):
+        raise CycleULMError(
+            f"{name} is complex (IQ data); take its magnitude with numpy.abs or run "
+            "the SVD clutter filter (preprocess.svd_clutter_filter) first."
+        )
+    if arr.ndim == 2:
+        arr = arr[None]
+    if arr.ndim != 3:
+        raise CycleULMError(
+            f"{name} must be a (frames, height, width) stack or a single (height, width) "
+            f"image, got an array with shape {arr.shape}."
+        )
+    if arr.size == 0:
+        raise CycleULMError(f"{name} is empty (shape {arr.shape}).")
+    if arr.shape[0] < min_frames:
+        raise CycleULMError(
+            f"{name} has {arr.shape[0]} frame(s) but at least {min_frames} are needed."
+        )
+    arr = arr.astype(np.float32, copy=False)
+    if not np.isfinite(arr).all():
+        bad = int((~np.isfinite(arr)).sum())
+        raise CycleULMError(
+            f"{name} contains {bad} NaN or infinite value(s); replace them "
+            "(e.g. numpy.nan_to_num) before processing."
+        )
+    return arr
+
+
+def as_image(image, name: str = "image") -> np.ndarray:
+    """Check and convert a single 2-D image to float32 ``(H, W)``."""
+    arr = np.asarray(image)
+    if arr.ndim != 2:
+        raise CycleULMError(f"{name} must be a 2-D (height, width) image, got shape {arr.shape}.")
+    return as_frames(arr, name=name)[0]

@@ -1,0 +1,232 @@
+"""Column tables of localisations and tracks, with CSV round trips.
+
+Positions are ``(frame, y, x)`` in pixels, with ``(0, 0)`` the centre of the
+top-left pixel; ``frame`` is a 0-based frame index.  Extra columns (``score``,
+``intensity``, uncertainties, ``track_id``...) ride along unchanged.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from ._atomic import atomic_path
+from .errors import CycleULMError
+
+#: Columns stored as integers; every other column is float64.
+INTEGER_COLUMNS = ("frame", "track_id")
+
+
+def _as_column(name: str, values) -> np.ndarray:
+    arr = np.asarray(values)
+    if arr.ndim != 1:
+        arr = arr.reshape(-1)
+    if name in INTEGER_COLUMNS:
+        if arr.size and np.issubdtype(arr.dtype, np.floating):
+            if not np.isfinite(arr).all() or not np.all(arr == np.round(arr)):
+                raise CycleULMError(f"column {name!r} must hold whole numbers.")
+        return arr.astype(np.int64)
+    return arr.astype(np.float64)
+
+
+@dataclass
+class PointTable:
+    """A table of points with named columns of equal length.
+
+    Parameters
+    ----------
+    columns : dict of str to array_like
+        One 1-D array per column; must include the class's required columns.
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = ("frame", "y", "x")
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        cols = {str(k): _as_column(str(k), v) for k, v in dict(self.columns).items()}
+        given = bool(cols)
+        for name in self.REQUIRED:
+            if name not in cols:
+                if given:
+                    raise CycleULMError(
+                        f"{type(self).__name__} needs a {name!r} column; got columns "
+                        f"{sorted(cols)}."
+                    )
+                cols[name] = _as_column(name, [])
+        # Required columns first, in their canonical order.
+        ordered = {n: cols[n] for n in self.REQUIRED}
+        ordered.update({n: c for n, c in cols.items() if n not in ordered})
+        lengths = {n: len(c) for n, c in ordered.items()}
+        if len(set(lengths.values())) > 1:
+            raise CycleULMError(f"columns have different lengths: {lengths}.")
+        self.columns = ordered
+
+    # -- basic access -----------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.columns[self.REQUIRED[0]])
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        try:
+            return self.columns[name]
+        except KeyError:
+            raise KeyError(
+                f"{type(self).__name__} has no column {name!r}; columns are {self.names}"
+            ) from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.columns
+
+    @property
+    def names(self) -> list[str]:
+        """Column names, required columns first."""
+        return list(self.columns)
+
+    @property
+    def positions(self) -> np.ndarray:
+        """``(N, 3)`` float array of ``(frame, y, x)`` in pixels."""
+        return np.stack(
+            [self["frame"].astype(np.float64), self["y"], self["x"]], axis=1
+        ).reshape(-1, 3)
+
+    def with_columns(self, **columns) -> PointTable:
+        """Return a copy with columns added or replaced."""
+        cols = dict(self.columns)
+        cols.update(columns)
+        return type(self)(cols)
+
+    def select(self, index) -> PointTable:
+        """Rows chosen by a boolean mask or an integer index array."""
+        return type(self)({n: c[index] for n, c in self.columns.items()})
+
+    def in_frames(self, start: int, stop: int) -> PointTable:
+        """Rows with ``start <= frame < stop``."""
+        f = self["frame"]
+        return self.select((f >= start) & (f < stop))
+
+    def sort(self, *keys: str) -> PointTable:
+        """Rows sorted lexicographically by ``keys`` (first key is primary)."""
+        keys = keys or ("frame",)
+        order = np.lexsort([self[k] for k in reversed(keys)])
+        return self.select(order)
+
+    @classmethod
+    def concat(cls, tables) -> PointTable:
+        """Stack tables row-wise; columns missing in some tables become NaN (or -1)."""
+        tables = [t for t in tables if t is not None]
+        if not tables:
+            return cls()
+        names: list[str] = []
+        for t in tables:
+            names += [n for n in t.names if n not in names]
+        cols = {}
+        for n in names:
+            parts = []
+            for t in tables:
+                if n in t:
+                    parts.append(t[n])
+                else:
+                    fill = -1 if n in INTEGER_COLUMNS else np.nan
+                    parts.append(np.full(len(t), fill))
+            cols[n] = np.concatenate(parts) if parts else []
+        return cls(cols)
+
+    # -- CSV ----------------------------------------------------------------
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write the table as CSV with a header row, atomically."""
+        with atomic_path(path) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as fh:
+                self._write(fh)
+
+    def to_csv_string(self) -> str:
+        buf = io.StringIO()
+        self._write(buf)
+        return buf.getvalue()
+
+    def _write(self, fh) -> None:
+        writer = csv.writer(fh)
+        writer.writerow(self.names)
+        if len(self) == 0:
+            return
+        formatted = []
+        for n, c in self.columns.items():
+            if n in INTEGER_COLUMNS:
+                formatted.append(c.astype(str))
+            else:
+                formatted.append(np.char.mod("%.6g", c))
+        writer.writerows(zip(*formatted))
+
+    @classmethod
+    def from_csv(cls, path: str | os.PathLike) -> PointTable:
+        """Read a CSV written by :meth:`to_csv` (or any CSV with the required columns).
+
+        Column names are matched case-insensitively; ``axis-0``/``axis-1``/
+        ``axis-2`` (napari's Points export) are read as ``frame``, ``y``, ``x``.
+
+        Raises
+        ------
+        CycleULMError
+            If the file is missing, unreadable, lacks a required column or holds
+            non-numeric values.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise CycleULMError(f"table file {str(path)!r} does not exist.")
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+        rows = [r for r in rows if r and any(cell.strip() for cell in r)]
+        if not rows:
+            raise CycleULMError(f"{str(path)!r} is empty; expected a header row with {cls.REQUIRED}.")
+        aliases = {"axis-0": "frame", "axis-1": "y", "axis-2": "x", "t": "frame", "z": "frame"}
+        header = [h.strip().lower() for h in rows[0]]
+        header = [aliases.get(h, h) for h in header]
+        missing = [n for n in cls.REQUIRED if n not in header]
+        if missing:
+            raise CycleULMError(
+                f"{str(path)!r} lacks column(s) {missing}; its header is {rows[0]}. "
+                f"Expected at least {list(cls.REQUIRED)} (pixels, 0-based frames)."
+            )
+        body = rows[1:]
+        cols = {}
+        for j, name in enumerate(header):
+            if not name or name in ("index", "") or name.startswith("unnamed"):
+                continue
+            try:
+                cols[name] = np.array([float(r[j]) if r[j].strip() else np.nan for r in body])
+            except (ValueError, IndexError) as exc:
+                raise CycleULMError(
+                    f"{str(path)!r}: column {name!r} holds a non-numeric or missing value ({exc})."
+                ) from None
+        return cls(cols)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} rows, columns={self.names})"
+
+
+class Localisations(PointTable):
+    """Microbubble localisations: ``frame, y, x`` (pixels) plus ``intensity``,
+    ``score`` and method-specific columns."""
+
+    REQUIRED = ("frame", "y", "x")
+
+
+class Tracks(PointTable):
+    """Microbubble tracks: ``track_id, frame, y, x`` (pixels) plus ``vy, vx``
+    (pixels per frame) and any extra columns."""
+
+    REQUIRED = ("track_id", "frame", "y", "x")
+
+    @property
+    def n_tracks(self) -> int:
+        """Number of distinct track ids."""
+        return int(np.unique(self["track_id"]).size)
+
+    def lengths(self) -> dict[int, int]:
+        """Number of points in each track."""
+        ids, counts = np.unique(self["track_id"], return_counts=True)
+        return dict(zip(ids.tolist(), counts.tolist()))
