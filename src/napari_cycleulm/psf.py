@@ -8,9 +8,20 @@ shrunk isotropically by 0.5 (:meth:`PSF.shrink`).
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import warnings
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+from scipy import ndimage, optimize
+
+from ._atomic import write_text_atomic
+from .arrays import as_frames
+from .errors import CycleULMError
+from .tables import PointTable
 
 #: FWHM = FWHM_PER_SIGMA * sigma for a Gaussian.
 FWHM_PER_SIGMA = 2.0 * np.sqrt(2.0 * np.log(2.0))
@@ -56,6 +67,29 @@ def gaussian_kernel(
     return g.astype(np.float32)
 
 
+#: Version of the PSF JSON layout written by :meth:`PSF.to_json`.
+PSF_JSON_VERSION = 1
+
+#: Fewest bubbles an estimate needs, and fewest before it is trusted without a warning.
+MIN_BUBBLES = 3
+RELIABLE_BUBBLES = 10
+
+
+def _canonical_axes(sy: float, sx: float, theta: float) -> tuple[float, float, float]:
+    """Express an ellipse with ``|theta| <= pi/4`` so ``sigma_y`` is the axis nearest y.
+
+    ``(sy, sx, theta)`` and ``(sx, sy, theta - pi/2)`` describe the same
+    Gaussian; choosing the representation with the smallest rotation keeps
+    ``sigma_y`` axial and ``sigma_x`` lateral, as the rest of the library assumes.
+    """
+    theta = (theta + np.pi / 2) % np.pi - np.pi / 2  # period pi
+    if theta > np.pi / 4:
+        sy, sx, theta = sx, sy, theta - np.pi / 2
+    elif theta <= -np.pi / 4:
+        sy, sx, theta = sx, sy, theta + np.pi / 2
+    return float(sy), float(sx), float(theta)
+
+
 @dataclass
 class PSF:
     """A fitted point spread function.
@@ -74,6 +108,14 @@ class PSF:
         Number of bubbles averaged (0 for a synthetic PSF).
     residual : float
         RMS residual of the Gaussian fit relative to the peak (0-1).
+    mbonly_factor : float
+        Scale of the MB-only domain PSF relative to this one (CycleULM: 0.5);
+        see :meth:`mbonly`.
+
+    Raises
+    ------
+    CycleULMError
+        If a sigma is not a positive finite number or the pixel size is not positive.
     """
 
     sigma_y_px: float
@@ -83,6 +125,32 @@ class PSF:
     measured: np.ndarray | None = field(default=None, repr=False)
     n_bubbles: int = 0
     residual: float = float("nan")
+    mbonly_factor: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("sigma_y_px", "sigma_x_px"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float, np.number)) or not np.isfinite(v) or v <= 0:
+                raise CycleULMError(f"PSF {name} must be a positive number of pixels, got {v!r}.")
+            setattr(self, name, float(v))
+        if not np.isfinite(self.theta_rad):
+            raise CycleULMError(f"PSF theta_rad must be finite, got {self.theta_rad!r}.")
+        self.theta_rad = float(self.theta_rad)
+        if self.pixel_size_um is not None:
+            if not np.isfinite(self.pixel_size_um) or self.pixel_size_um <= 0:
+                raise CycleULMError(
+                    f"PSF pixel_size_um must be a positive number (micrometres) or None, "
+                    f"got {self.pixel_size_um!r}."
+                )
+            self.pixel_size_um = float(self.pixel_size_um)
+        if not np.isfinite(self.mbonly_factor) or self.mbonly_factor <= 0:
+            raise CycleULMError(f"PSF mbonly_factor must be positive, got {self.mbonly_factor!r}.")
+        if self.measured is not None:
+            self.measured = np.asarray(self.measured, dtype=np.float32)
+            if self.measured.ndim != 2:
+                raise CycleULMError(
+                    f"PSF measured patch must be 2-D, got shape {self.measured.shape}."
+                )
 
     @property
     def fwhm_y_px(self) -> float:
@@ -93,6 +161,16 @@ class PSF:
     def fwhm_x_px(self) -> float:
         """Lateral FWHM in pixels."""
         return float(FWHM_PER_SIGMA * self.sigma_x_px)
+
+    @property
+    def fwhm_y_um(self) -> float | None:
+        """Axial FWHM in micrometres, or None when the pixel size is unknown."""
+        return None if self.pixel_size_um is None else self.fwhm_y_px * self.pixel_size_um
+
+    @property
+    def fwhm_x_um(self) -> float | None:
+        """Lateral FWHM in micrometres, or None when the pixel size is unknown."""
+        return None if self.pixel_size_um is None else self.fwhm_x_px * self.pixel_size_um
 
     @property
     def kernel(self) -> np.ndarray:
@@ -109,4 +187,680 @@ class PSF:
             measured=None,
             n_bubbles=self.n_bubbles,
             residual=self.residual,
+            mbonly_factor=self.mbonly_factor,
         )
+
+    def mbonly(self) -> PSF:
+        """The MB-only domain PSF, ``shrink(mbonly_factor)``."""
+        return self.shrink(self.mbonly_factor)
+
+    def with_pixel_size(self, pixel_size_um: float | None) -> PSF:
+        """A copy with the pixel size (micrometres) set."""
+        d = dict(self.__dict__)
+        d["pixel_size_um"] = pixel_size_um
+        return PSF(**d)
+
+    # -- JSON ---------------------------------------------------------------
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary (see :meth:`to_json` for the keys)."""
+
+        def num(v):
+            return None if v is None or not np.isfinite(v) else float(v)
+
+        return {
+            "version": PSF_JSON_VERSION,
+            "sigma_y_px": self.sigma_y_px,
+            "sigma_x_px": self.sigma_x_px,
+            "theta_rad": self.theta_rad,
+            "fwhm_y_px": self.fwhm_y_px,
+            "fwhm_x_px": self.fwhm_x_px,
+            "pixel_size_um": num(self.pixel_size_um),
+            "fwhm_y_um": num(self.fwhm_y_um),
+            "fwhm_x_um": num(self.fwhm_x_um),
+            "n_bubbles": int(self.n_bubbles),
+            "residual": num(self.residual),
+            "mbonly_factor": float(self.mbonly_factor),
+            "kernel": np.round(self.kernel.astype(np.float64), 6).tolist(),
+            "measured": None
+            if self.measured is None
+            else np.round(self.measured.astype(np.float64), 6).tolist(),
+            "mbonly_kernel": np.round(self.mbonly().kernel.astype(np.float64), 6).tolist(),
+        }
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write the PSF as JSON, atomically.
+
+        Keys: ``version``, ``sigma_y_px``, ``sigma_x_px``, ``theta_rad``,
+        ``fwhm_y_px``, ``fwhm_x_px``, ``pixel_size_um``, ``fwhm_y_um``,
+        ``fwhm_x_um`` (null when the pixel size is unknown), ``n_bubbles``,
+        ``residual`` (null when unknown), ``mbonly_factor``, ``kernel`` (the
+        Gaussian model, nested lists), ``measured`` (mean bubble patch or null)
+        and ``mbonly_kernel`` (the kernel shrunk by ``mbonly_factor``).
+        """
+        write_text_atomic(path, json.dumps(self.to_dict(), indent=1) + "\n")
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "PSF data") -> PSF:
+        """Build a PSF from :meth:`to_dict` output; derived keys are ignored.
+
+        ``sigma_*_px`` may be replaced by ``fwhm_*_px``.
+
+        Raises
+        ------
+        CycleULMError
+            On missing or invalid keys.
+        """
+        if not isinstance(d, dict):
+            raise CycleULMError(f"{source} must be a JSON object, got {type(d).__name__}.")
+        version = d.get("version", PSF_JSON_VERSION)
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise CycleULMError(f"{source}: 'version' must be a positive integer, got {version!r}.")
+        if version > PSF_JSON_VERSION:
+            raise CycleULMError(
+                f"{source} has PSF format version {version}, newer than this napari-cycleulm "
+                f"understands ({PSF_JSON_VERSION}); update the package."
+            )
+
+        def number(key, *, required=False, allow_none=True, default=None):
+            if key not in d:
+                if required:
+                    raise CycleULMError(f"{source} lacks the key {key!r}.")
+                return default
+            v = d[key]
+            if v is None and allow_none:
+                return None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise CycleULMError(f"{source}: {key!r} must be a finite number, got {v!r}.")
+            return float(v)
+
+        sig = {}
+        for ax in ("y", "x"):
+            s = number(f"sigma_{ax}_px", allow_none=False)
+            if s is None:
+                f = number(f"fwhm_{ax}_px", allow_none=False)
+                if f is None:
+                    raise CycleULMError(
+                        f"{source} lacks the key 'sigma_{ax}_px' (or 'fwhm_{ax}_px')."
+                    )
+                s = f / FWHM_PER_SIGMA
+            if s <= 0:
+                raise CycleULMError(f"{source}: 'sigma_{ax}_px' must be positive, got {s!r}.")
+            sig[ax] = s
+        pixel = number("pixel_size_um")
+        if pixel is not None and pixel <= 0:
+            raise CycleULMError(f"{source}: 'pixel_size_um' must be positive or null, got {pixel!r}.")
+        n_b = d.get("n_bubbles", 0)
+        if isinstance(n_b, bool) or not isinstance(n_b, int) or n_b < 0:
+            raise CycleULMError(f"{source}: 'n_bubbles' must be a non-negative integer, got {n_b!r}.")
+        residual = number("residual")
+        factor = number("mbonly_factor", allow_none=False, default=0.5)
+        if factor <= 0:
+            raise CycleULMError(f"{source}: 'mbonly_factor' must be positive, got {factor!r}.")
+        measured = d.get("measured")
+        if measured is not None:
+            try:
+                measured = np.asarray(measured, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise CycleULMError(f"{source}: 'measured' must be a 2-D list of numbers or null.") from None
+            if measured.ndim != 2 or measured.size == 0 or not np.isfinite(measured).all():
+                raise CycleULMError(
+                    f"{source}: 'measured' must be a non-empty 2-D list of finite numbers or null."
+                )
+        return cls(
+            sigma_y_px=sig["y"],
+            sigma_x_px=sig["x"],
+            theta_rad=number("theta_rad", allow_none=False, default=0.0),
+            pixel_size_um=pixel,
+            measured=measured,
+            n_bubbles=n_b,
+            residual=float("nan") if residual is None else residual,
+            mbonly_factor=factor,
+        )
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> PSF:
+        """Read a PSF written by :meth:`to_json`.
+
+        Raises
+        ------
+        CycleULMError
+            If the file is missing, is not valid JSON, or has missing or invalid keys.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise CycleULMError(f"PSF file {str(path)!r} does not exist.")
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CycleULMError(f"PSF file {str(path)!r} is not valid JSON ({exc}).") from None
+        return cls.from_dict(d, source=f"PSF file {str(path)!r}")
+
+
+# ---------------------------------------------------------------------------
+# Estimation from isolated bubbles
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class PSFEstimate:
+    """A PSF estimated from bubbles, with the report of how it was obtained.
+
+    Attributes
+    ----------
+    psf : PSF
+        The fitted PSF (CEUS domain).
+    used : numpy.ndarray
+        ``(M, 3)`` refined sub-pixel ``(frame, y, x)`` of the bubbles averaged.
+    used_index : numpy.ndarray
+        ``(M,)`` indices of those bubbles in the input points.
+    rejected : list of (int, str)
+        Index in the input points and the reason, for every point not used.
+    patch_radius : int
+        Half-size of the patches averaged (patches are ``2r+1`` square).
+    exclusion_radius : float
+        Radius (pixels) of the central lobe, beyond which a second maximum
+        above ``second_peak_fraction`` of the peak rejects a bubble.
+    """
+
+    psf: PSF
+    used: np.ndarray
+    used_index: np.ndarray
+    rejected: list[tuple[int, str]]
+    patch_radius: int
+    exclusion_radius: float
+
+    @property
+    def n_used(self) -> int:
+        """Number of bubbles averaged."""
+        return len(self.used_index)
+
+    @property
+    def mbonly(self) -> PSF:
+        """The MB-only domain PSF (``psf.mbonly()``)."""
+        return self.psf.mbonly()
+
+    def summary(self) -> str:
+        """A human-readable report (FWHM, fit residual, used/rejected bubbles)."""
+        p = self.psf
+        lines = [
+            f"PSF from {self.n_used} bubble(s): FWHM axial {p.fwhm_y_px:.2f} px, "
+            f"lateral {p.fwhm_x_px:.2f} px, rotation {np.degrees(p.theta_rad):.1f} deg",
+        ]
+        if p.pixel_size_um is not None:
+            lines.append(f"  = {p.fwhm_y_um:.1f} um axial, {p.fwhm_x_um:.1f} um lateral")
+        lines.append(f"  fit RMS residual {p.residual:.3f} of the peak")
+        for i, why in self.rejected:
+            lines.append(f"  rejected point {i}: {why}")
+        return "\n".join(lines)
+
+
+def _gauss2d(params: np.ndarray, yy: np.ndarray, xx: np.ndarray, rotate: bool) -> np.ndarray:
+    amp, off, y0, x0, sy, sx = params[:6]
+    theta = params[6] if rotate else 0.0
+    dy, dx = yy - y0, xx - x0
+    c, s = np.cos(theta), np.sin(theta)
+    u = c * dx + s * dy
+    v = -s * dx + c * dy
+    return off + amp * np.exp(-0.5 * ((u / sx) ** 2 + (v / sy) ** 2))
+
+
+def _fit_gaussian(patch: np.ndarray, rotate: bool, sigma0: tuple[float, float] | None = None):
+    """Least-squares 2-D Gaussian fit; returns ``(params, rms)`` with params
+    ``amp, offset, y0, x0, sigma_y, sigma_x, theta``."""
+    h, w = patch.shape
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    p = patch.astype(np.float64)
+    off0 = float(np.median(np.concatenate([p[0], p[-1], p[:, 0], p[:, -1]])))
+    iy, ix = np.unravel_index(np.argmax(p), p.shape)
+    amp0 = float(p[iy, ix] - off0)
+    if sigma0 is None:
+        wgt = np.clip(p - off0, 0, None)
+        wgt = wgt * (wgt > 0.2 * amp0)
+        tot = wgt.sum() or 1.0
+        sy0 = np.sqrt(max((wgt * (yy - iy) ** 2).sum() / tot, 0.25))
+        sx0 = np.sqrt(max((wgt * (xx - ix) ** 2).sum() / tot, 0.25))
+        # Moments of the >20% core underestimate sigma; correct for the truncation.
+        sigma0 = (sy0 * 1.6, sx0 * 1.6)
+    smax = max(h, w)
+    x0 = [amp0, off0, iy, ix, sigma0[0], sigma0[1]]
+    lo = [0.0, -np.inf, 0.0, 0.0, 0.2, 0.2]
+    hi = [np.inf, np.inf, h - 1.0, w - 1.0, smax, smax]
+    if rotate:
+        x0.append(0.0)
+        lo.append(-np.pi)
+        hi.append(np.pi)
+    x0 = np.clip(np.array(x0, dtype=np.float64), np.array(lo) + 1e-9, np.array(hi) - 1e-9)
+
+    def resid(q):
+        return (_gauss2d(q, yy, xx, rotate) - p).ravel()
+
+    best = None
+    starts = [x0]
+    if rotate:
+        # A second start at 45 degrees avoids the flat valley of theta when the
+        # initial sigmas are nearly equal.
+        x1 = x0.copy()
+        x1[6] = np.pi / 4
+        starts.append(x1)
+    for start in starts:
+        res = optimize.least_squares(resid, start, bounds=(lo, hi), x_scale="jac", max_nfev=400)
+        if best is None or res.cost < best.cost:
+            best = res
+    q = best.x
+    if not rotate:
+        q = np.append(q, 0.0)
+    rms = float(np.sqrt(np.mean(best.fun**2)))
+    return q, rms, bool(best.success)
+
+
+def _half_max_width(profile: np.ndarray, ipk: int) -> float:
+    half = profile[ipk] / 2.0
+    i = ipk
+    while i > 0 and profile[i - 1] > half:
+        i -= 1
+    if i == 0:
+        return float("nan")
+    left = i - (profile[i] - half) / (profile[i] - profile[i - 1])
+    j = ipk
+    while j < len(profile) - 1 and profile[j + 1] > half:
+        j += 1
+    if j == len(profile) - 1:
+        return float("nan")
+    right = j + (profile[j] - half) / (profile[j] - profile[j + 1])
+    return float(right - left)
+
+
+def _rough_sigma(frames: np.ndarray, points: np.ndarray, max_points: int = 20) -> float:
+    """Rough PSF sigma (pixels, larger axis) from half-maximum widths at the points.
+
+    Used only to size patches; returns 2.0 when nothing can be measured.
+    """
+    t, h, w = frames.shape
+    r = 12
+    widths = []
+    for f, y, x in points[:max_points]:
+        f, iy, ix = int(round(f)), int(round(y)), int(round(x))
+        if not (0 <= f < t and 0 <= iy < h and 0 <= ix < w):
+            continue
+        y0, y1, x0, x1 = max(iy - r, 0), min(iy + r + 1, h), max(ix - r, 0), min(ix + r + 1, w)
+        win = frames[f, y0:y1, x0:x1].astype(np.float64)
+        win = win - np.median(win)
+        # Peak near the point, not elsewhere in the window.
+        sy0, sx0 = max(iy - 2 - y0, 0), max(ix - 2 - x0, 0)
+        sub = win[sy0 : iy + 3 - y0, sx0 : ix + 3 - x0]
+        if sub.size == 0:
+            continue
+        py, px = np.unravel_index(np.argmax(sub), sub.shape)
+        py, px = py + sy0, px + sx0
+        if win[py, px] <= 0:
+            continue
+        wy = _half_max_width(win[:, px], py)
+        wx = _half_max_width(win[py, :], px)
+        if np.isfinite(wy) and np.isfinite(wx):
+            widths.append(max(wy, wx))
+    if not widths:
+        return 2.0
+    return float(np.median(widths) / FWHM_PER_SIGMA)
+
+
+def _as_points(points, n_frames: int) -> np.ndarray:
+    if points is None:
+        raise CycleULMError("no bubble points given; pass an (N, 3) array of (frame, y, x).")
+    if isinstance(points, PointTable):
+        pts = points.positions
+    else:
+        try:
+            pts = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise CycleULMError("points must be an (N, 3) array of numbers (frame, y, x).") from None
+        if pts.ndim == 1 and pts.size in (2, 3):
+            pts = pts[None]
+        if pts.ndim == 2 and pts.shape[1] == 2 and n_frames == 1:
+            pts = np.column_stack([np.zeros(len(pts)), pts])
+        if pts.ndim != 2 or pts.shape[1] != 3:
+            if pts.size == 0:
+                pts = pts.reshape(0, 3)
+            else:
+                raise CycleULMError(
+                    f"points must be an (N, 3) array of (frame, y, x) pixels, got shape {pts.shape}."
+                )
+    if len(pts) == 0:
+        raise CycleULMError(
+            "no bubble points given; select at least 3 (ideally 10 or more) isolated bubbles "
+            "or use estimate_psf_auto."
+        )
+    if not np.isfinite(pts).all():
+        raise CycleULMError("points contain NaN or infinite coordinates.")
+    return pts
+
+
+def estimate_psf(
+    frames,
+    points,
+    *,
+    patch_radius: int | None = None,
+    pixel_size_um: float | None = None,
+    exclusion_radius: float | None = None,
+    fit_rotation: bool = True,
+    shrink_factor: float = 0.5,
+    second_peak_fraction: float = 0.5,
+) -> PSFEstimate:
+    """Estimate the PSF as a 2-D Gaussian fitted to the mean of isolated bubbles.
+
+    Each point is refined to sub-pixel precision by a Gaussian fit on its
+    patch, the patch is shifted (cubic spline) so the bubble sits on the
+    central pixel, background-subtracted (median of the patch border) and
+    normalised to its fitted peak; the accepted patches are averaged and a
+    2-D Gaussian (amplitude, offset, centre, ``sigma_y``, ``sigma_x``,
+    optional rotation) is fitted to the mean with ``scipy.optimize.least_squares``.
+
+    Parameters
+    ----------
+    frames : array_like
+        ``(T, H, W)`` CEUS stack (or one ``(H, W)`` frame).
+    points : array_like or Localisations
+        ``(N, 3)`` approximate bubble centres ``(frame, y, x)`` in pixels;
+        centres within a couple of pixels of the true peak are enough.
+    patch_radius : int, optional
+        Half-size of the averaged patch; default ``ceil(4 sigma)`` of a rough
+        half-maximum width measured at the points, clipped to [4, 30].
+    pixel_size_um : float, optional
+        Pixel size (micrometres) for the FWHM in micrometres.
+    exclusion_radius : float, optional
+        Radius of the central lobe (pixels); default ``max(2, 2 sigma)`` of
+        the rough estimate.  A second local maximum above
+        ``second_peak_fraction`` of the peak farther than this from the
+        centre rejects the bubble.
+    fit_rotation : bool
+        Fit the ellipse rotation; otherwise the Gaussian is axis-aligned.
+    shrink_factor : float
+        Stored as ``psf.mbonly_factor``: the MB-only PSF is the fitted one
+        shrunk by this factor (CycleULM uses 0.5).
+    second_peak_fraction : float
+        See ``exclusion_radius``.
+
+    Returns
+    -------
+    PSFEstimate
+        The PSF and the report (bubbles used, rejected with reasons).
+
+    Raises
+    ------
+    CycleULMError
+        If no points are given, the stack is invalid, or fewer than 3 bubbles
+        remain after rejection.
+
+    Warns
+    -----
+    UserWarning
+        When only 3-9 bubbles are usable (estimate uncertain).
+    """
+    frames = as_frames(frames)
+    t, h, w = frames.shape
+    pts = _as_points(points, t)
+    if patch_radius is not None and (int(patch_radius) != patch_radius or patch_radius < 2):
+        raise CycleULMError(f"patch_radius must be an integer >= 2, got {patch_radius!r}.")
+    if not 0 < shrink_factor <= 1:
+        raise CycleULMError(f"shrink_factor must be in (0, 1], got {shrink_factor!r}.")
+    if pixel_size_um is not None and not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise CycleULMError(f"pixel_size_um must be positive, got {pixel_size_um!r}.")
+
+    sigma_rough = _rough_sigma(frames, pts)
+    r = int(patch_radius) if patch_radius is not None else int(np.clip(np.ceil(4 * sigma_rough), 4, 30))
+    excl = float(exclusion_radius) if exclusion_radius is not None else max(2.0, 2.0 * sigma_rough)
+    margin = 2  # extra pixels so the sub-pixel shift does not pull in padding
+    big = r + margin
+    search = max(1, int(round(sigma_rough)))
+
+    yy, xx = np.mgrid[-big : big + 1, -big : big + 1]
+    dist = np.hypot(yy, xx)
+    border = np.zeros((2 * r + 1, 2 * r + 1), bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+
+    patches, used, used_index, rejected = [], [], [], []
+    for i, (fr, y, x) in enumerate(pts):
+        f = int(round(fr))
+        if not 0 <= f < t:
+            rejected.append((i, f"frame {f} does not exist (the stack has {t} frames, 0-{t - 1})"))
+            continue
+        if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
+            rejected.append((i, f"({y:.1f}, {x:.1f}) is outside the {h}x{w} image"))
+            continue
+        iy, ix = int(round(y)), int(round(x))
+        ys, xs = slice(max(iy - search, 0), iy + search + 1), slice(max(ix - search, 0), ix + search + 1)
+        sub = frames[f, ys, xs]
+        py, px = np.unravel_index(np.argmax(sub), sub.shape)
+        py, px = py + ys.start, px + xs.start
+        if py - big < 0 or px - big < 0 or py + big >= h or px + big >= w:
+            rejected.append(
+                (i, f"too close to the image border (needs {big} px around the bubble)")
+            )
+            continue
+        win = frames[f, py - big : py + big + 1, px - big : px + big + 1].astype(np.float64)
+        core = win[margin:-margin, margin:-margin]
+        ring = core[border]
+        bg = float(np.median(ring))
+        noise = 1.4826 * float(np.median(np.abs(ring - bg)))
+        win = win - bg
+        peak = float(win[big, big])
+        if peak <= max(3.0 * noise, 1e-12):
+            rejected.append((i, "no bubble above the background at this point"))
+            continue
+        maxima = (ndimage.maximum_filter(win, size=3, mode="nearest") == win) & (
+            win > second_peak_fraction * peak
+        )
+        maxima &= dist > excl
+        if maxima.any():
+            k = np.argmax(np.where(maxima, win, -np.inf))
+            ky, kx = np.unravel_index(k, win.shape)
+            rejected.append(
+                (
+                    i,
+                    f"a second bubble in the patch (maximum at {ky - big:+d}, {kx - big:+d} px, "
+                    f"{100 * win[ky, kx] / peak:.0f}% of the peak)",
+                )
+            )
+            continue
+        q, _, ok = _fit_gaussian(win, rotate=fit_rotation)
+        amp, _, cy, cx = q[:4]
+        if not ok or amp <= 0 or abs(cy - big) > 1.5 or abs(cx - big) > 1.5:
+            rejected.append((i, "the Gaussian fit on its patch failed (not a single bubble?)"))
+            continue
+        shifted = ndimage.shift(win, (big - cy, big - cx), order=3, mode="nearest")
+        patches.append(shifted[margin:-margin, margin:-margin] / amp)
+        used.append((f, py - big + cy, px - big + cx))
+        used_index.append(i)
+
+    n = len(patches)
+    if n < MIN_BUBBLES:
+        reasons = "; ".join(f"point {i}: {why}" for i, why in rejected[:10])
+        more = f" (and {len(rejected) - 10} more)" if len(rejected) > 10 else ""
+        raise CycleULMError(
+            f"only {n} usable bubble(s) out of {len(pts)}; at least {MIN_BUBBLES} isolated "
+            f"bubbles away from the border are needed (10 or more recommended). "
+            f"Rejected: {reasons}{more}."
+        )
+    if n < RELIABLE_BUBBLES:
+        warnings.warn(
+            f"PSF estimated from only {n} bubbles; the estimate is uncertain "
+            f"(10 or more are recommended).",
+            UserWarning,
+            stacklevel=2,
+        )
+    mean = np.mean(patches, axis=0)
+    q, rms, _ = _fit_gaussian(mean, rotate=fit_rotation)
+    amp = float(q[0])
+    sy, sx, theta = _canonical_axes(q[4], q[5], q[6])
+    if not fit_rotation:
+        theta = 0.0
+        sy, sx = float(q[4]), float(q[5])
+    peak = float(mean.max())
+    psf = PSF(
+        sigma_y_px=sy,
+        sigma_x_px=sx,
+        theta_rad=theta,
+        pixel_size_um=pixel_size_um,
+        measured=(mean / peak).astype(np.float32) if peak > 0 else mean.astype(np.float32),
+        n_bubbles=n,
+        residual=rms / amp if amp > 0 else float("nan"),
+        mbonly_factor=shrink_factor,
+    )
+    return PSFEstimate(
+        psf=psf,
+        used=np.asarray(used, dtype=np.float64).reshape(-1, 3),
+        used_index=np.asarray(used_index, dtype=np.int64),
+        rejected=rejected,
+        patch_radius=r,
+        exclusion_radius=excl,
+    )
+
+
+def pick_isolated_bubbles(
+    frames,
+    n: int = 20,
+    *,
+    min_separation: float | None = None,
+    frames_to_search: int | None = None,
+    seed: int = 0,
+    neighbour_fraction: float = 0.2,
+) -> np.ndarray:
+    """Find bright, isolated bubbles automatically (for headless PSF estimation).
+
+    Candidates are local maxima of the lightly smoothed frame (Gaussian,
+    sigma 1 px) brighter than ``median + max(6 noise, 0.2 (max - median))``.
+    Maxima closer than the central lobe to a brighter one are merged; a
+    candidate is kept if no other maximum above ``neighbour_fraction`` of its
+    height lies within ``min_separation`` and it is ``patch radius + 2`` px
+    from the border.  The brightest are returned, spread over frames: at most
+    ``ceil(n / frames with candidates)`` per frame first, then the rest by
+    brightness.
+
+    Parameters
+    ----------
+    frames : array_like
+        ``(T, H, W)`` CEUS stack.
+    n : int
+        Maximum number of bubbles to return.
+    min_separation : float, optional
+        Isolation distance (pixels); default ``8 sigma`` of a rough PSF width
+        (twice the default patch radius of :func:`estimate_psf`).
+    frames_to_search : int, optional
+        Number of frames to search, chosen at random (``seed``) when fewer than
+        ``T``; default all frames up to 200.
+    seed : int
+        Seed for the frame subset.
+    neighbour_fraction : float
+        See above.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(M, 3)`` float array of ``(frame, y, x)`` pixel positions, ``M <= n``,
+        brightest first.
+    """
+    frames = as_frames(frames)
+    t, h, w = frames.shape
+    if int(n) != n or n < 1:
+        raise CycleULMError(f"n must be a positive integer, got {n!r}.")
+    rng = np.random.default_rng(seed)
+    k = min(t, 200 if frames_to_search is None else int(frames_to_search))
+    if k < 1:
+        raise CycleULMError(f"frames_to_search must be >= 1, got {frames_to_search!r}.")
+    fidx = np.sort(rng.choice(t, size=k, replace=False)) if k < t else np.arange(t)
+
+    cands = []  # (height, frame, y, x)
+    brightest = []
+    for f in fidx:
+        img = ndimage.gaussian_filter(frames[f].astype(np.float64), 1.0)
+        med = float(np.median(img))
+        noise = 1.4826 * float(np.median(np.abs(img - med)))
+        mx = (ndimage.maximum_filter(img, size=3, mode="nearest") == img) & (img > med + 3 * noise)
+        ys, xs = np.nonzero(mx)
+        hts = img[ys, xs] - med
+        thr = max(6 * noise, 0.2 * float(img.max() - med))
+        for j in np.argsort(-hts)[: min(len(hts), 5)]:
+            if hts[j] >= thr:
+                brightest.append((int(f), ys[j], xs[j]))
+        cands.append((int(f), ys, xs, hts, thr))
+    if not brightest:
+        return np.zeros((0, 3))
+    sigma = _rough_sigma(frames, np.array(brightest[:40], dtype=np.float64), max_points=40)
+    radius = int(np.clip(np.ceil(4 * sigma), 4, 30))
+    excl = max(2.0, 2.0 * sigma)
+    sep = float(min_separation) if min_separation is not None else 2.0 * radius
+    edge = radius + 2
+
+    picked = []  # (height, frame, y, x)
+    for f, ys, xs, hts, thr in cands:
+        order = np.argsort(-hts)
+        ys, xs, hts = ys[order], xs[order], hts[order]
+        alive = np.ones(len(hts), bool)
+        for a in range(len(hts)):
+            if not alive[a]:
+                continue
+            d = np.hypot(ys - ys[a], xs - xs[a])
+            # Maxima in the central lobe of a brighter one are the same bubble.
+            alive &= ~((d <= excl) & (np.arange(len(hts)) > a))
+        ys, xs, hts = ys[alive], xs[alive], hts[alive]
+        for a in range(len(hts)):
+            if hts[a] < thr:
+                continue
+            y, x = ys[a], xs[a]
+            if y < edge or x < edge or y >= h - edge or x >= w - edge:
+                continue
+            d = np.hypot(ys - y, xs - x)
+            near = (d > 0) & (d < sep) & (hts > neighbour_fraction * hts[a])
+            if near.any():
+                continue
+            picked.append((float(hts[a]), f, float(y), float(x)))
+    if not picked:
+        return np.zeros((0, 3))
+    picked.sort(key=lambda p: -p[0])
+    n_frames_with = len({p[1] for p in picked})
+    cap = max(1, int(np.ceil(n / n_frames_with)))
+    per_frame: dict[int, int] = {}
+    first, rest = [], []
+    for p in picked:
+        if per_frame.get(p[1], 0) < cap:
+            per_frame[p[1]] = per_frame.get(p[1], 0) + 1
+            first.append(p)
+        else:
+            rest.append(p)
+    chosen = (first + rest)[: int(n)]
+    chosen.sort(key=lambda p: -p[0])
+    return np.array([(p[1], p[2], p[3]) for p in chosen], dtype=np.float64)
+
+
+def estimate_psf_auto(frames, n: int = 20, **kw) -> PSFEstimate:
+    """Pick isolated bubbles automatically and estimate the PSF from them.
+
+    Parameters
+    ----------
+    frames : array_like
+        ``(T, H, W)`` CEUS stack.
+    n : int
+        Number of bubbles to pick (see :func:`pick_isolated_bubbles`).
+    **kw
+        ``min_separation``, ``frames_to_search``, ``seed`` go to
+        :func:`pick_isolated_bubbles`; the rest to :func:`estimate_psf`.
+
+    Returns
+    -------
+    PSFEstimate
+        ``n_used`` says how many bubbles were averaged.
+
+    Raises
+    ------
+    CycleULMError
+        If fewer than 3 isolated bubbles can be found.
+    """
+    pick_keys = ("min_separation", "frames_to_search", "seed", "neighbour_fraction")
+    pick_kw = {k: kw.pop(k) for k in pick_keys if k in kw}
+    frames = as_frames(frames)
+    pts = pick_isolated_bubbles(frames, n, **pick_kw)
+    if len(pts) < MIN_BUBBLES:
+        raise CycleULMError(
+            f"found only {len(pts)} isolated bubble(s) automatically; at least {MIN_BUBBLES} are "
+            "needed. Select bubbles by hand, search more frames, or lower min_separation."
+        )
+    return estimate_psf(frames, pts, **kw)

@@ -20,7 +20,7 @@ from ._atomic import atomic_path
 from .errors import CycleULMError
 
 #: Columns stored as integers; every other column is float64.
-INTEGER_COLUMNS = ("frame", "track_id")
+INTEGER_COLUMNS = ("frame", "track_id", "sequence")
 
 
 def _as_column(name: str, values) -> np.ndarray:
@@ -230,3 +230,65 @@ class Tracks(PointTable):
         """Number of points in each track."""
         ids, counts = np.unique(self["track_id"], return_counts=True)
         return dict(zip(ids.tolist(), counts.tolist()))
+
+
+class TableWriter:
+    """Write a CSV table block by block, atomically.
+
+    Rows are appended to a temporary file beside ``path``; the file appears
+    at ``path`` only when the ``with`` block ends without an error, so an
+    interrupted run never leaves a truncated table (nor destroys an older
+    one).  Memory stays independent of the table's length.
+
+    Examples
+    --------
+    >>> with TableWriter("tracks.csv") as out:          # doctest: +SKIP
+    ...     for block in blocks:
+    ...         out.write(block_tracks)
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        columns: list[str] | None = None,
+        table_type: type[PointTable] = PointTable,
+    ):
+        self.path = Path(path)
+        self.table_type = table_type
+        self.columns = list(columns) if columns else None
+        self.n_rows = 0
+        self._ctx = None
+        self._fh = None
+        self._writer = None
+
+    def __enter__(self) -> TableWriter:
+        self._ctx = atomic_path(self.path)
+        tmp = self._ctx.__enter__()
+        self._fh = open(tmp, "w", newline="", encoding="utf-8")
+        self._writer = csv.writer(self._fh)
+        if self.columns is not None:
+            self._writer.writerow(self.columns)
+        return self
+
+    def write(self, table: PointTable) -> None:
+        """Append the rows of ``table`` (its columns must match the first table's)."""
+        if self.columns is None:
+            self.columns = table.names
+            self._writer.writerow(self.columns)
+        if len(table) == 0:
+            return
+        missing = [c for c in self.columns if c not in table]
+        if missing:
+            raise CycleULMError(f"table lacks column(s) {missing} expected in {self.path.name}.")
+        sub = type(table)({c: table[c] for c in self.columns})
+        text = sub.to_csv_string().split("\n", 1)[1]
+        self._fh.write(text)
+        self.n_rows += len(table)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self._fh.close()
+        if exc_type is None and self.columns is None:
+            # No rows at all: still write a valid header.
+            with open(self._fh.name, "w", encoding="utf-8") as fh:
+                fh.write(",".join(self.table_type.REQUIRED) + "\n")
+        return bool(self._ctx.__exit__(exc_type, exc, tb))

@@ -1,0 +1,241 @@
+"""Specification of napari_cycleulm.metrics."""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from napari_cycleulm.errors import CycleULMError
+from napari_cycleulm.metrics import (
+    MatchResult,
+    cnr_db,
+    evaluate_to_json,
+    fwhm,
+    line_profile,
+    match_localisations,
+    precision_recall_sweep,
+    px_to_um,
+    rmse,
+    ssim,
+)
+from napari_cycleulm.tables import Localisations
+
+
+# -- CNR -------------------------------------------------------------------
+def _cnr_image():
+    img = np.zeros((10, 10))
+    sig = np.zeros_like(img, bool)
+    sig[2:4, 2:4] = True
+    img[sig] = 10.0
+    bg = np.zeros_like(sig)
+    bg[6:8, 6:8] = True
+    img[6:8, 6:8] = [[1.0, 3.0], [1.0, 3.0]]  # mean 2, std 1
+    return img, sig, bg
+
+
+def test_cnr_contrast_definition_hand_computed():
+    img, sig, bg = _cnr_image()
+    assert cnr_db(img, sig, bg) == pytest.approx(20 * math.log10(8.0 / 1.0))
+
+
+def test_cnr_ratio_definition_hand_computed():
+    img, sig, bg = _cnr_image()
+    assert cnr_db(img, sig, bg, definition="ratio") == pytest.approx(20 * math.log10(5.0))
+
+
+def test_cnr_constant_background_is_infinite():
+    img, sig, bg = _cnr_image()
+    img[bg] = 2.0
+    assert cnr_db(img, sig, bg) == math.inf
+
+
+def test_cnr_bad_input():
+    img, sig, bg = _cnr_image()
+    with pytest.raises(CycleULMError, match="empty"):
+        cnr_db(img, np.zeros_like(sig), bg)
+    with pytest.raises(CycleULMError, match="shape"):
+        cnr_db(img, sig[:5], bg)
+    with pytest.raises(CycleULMError, match="definition"):
+        cnr_db(img, sig, bg, definition="snr")
+    with pytest.raises(CycleULMError, match="positive"):
+        cnr_db(-img, sig, bg, definition="ratio")
+
+
+# -- FWHM / profiles -------------------------------------------------------
+def test_fwhm_of_gaussian_profile():
+    sigma = 3.0
+    x = np.arange(101) - 50.3
+    profile = 5.0 + 2.0 * np.exp(-0.5 * (x / sigma) ** 2)
+    assert fwhm(profile) == pytest.approx(2.3548 * sigma, rel=0.01)
+    assert fwhm(profile, spacing=0.1) == pytest.approx(0.23548 * sigma, rel=0.01)
+    assert fwhm(profile, baseline=5.0) == pytest.approx(2.3548 * sigma, rel=0.01)
+
+
+def test_fwhm_without_crossing_is_nan():
+    assert math.isnan(fwhm(np.linspace(0, 1, 20)))  # peak at the end
+    assert math.isnan(fwhm(np.ones(10)))  # flat
+    with pytest.raises(CycleULMError):
+        fwhm(np.ones((3, 3)))
+    with pytest.raises(CycleULMError):
+        fwhm(np.ones(5), spacing=0)
+
+
+def test_line_profile_bilinear_and_fwhm_of_drawn_line():
+    yy, xx = np.mgrid[0:41, 0:41]
+    img = xx * 2.0 + yy  # linear: bilinear interpolation is exact
+    d, v = line_profile(img, (5, 5), (5, 25))
+    assert d[0] == 0 and d[-1] == pytest.approx(20)
+    assert len(d) == 21
+    np.testing.assert_allclose(v, 2 * np.linspace(5, 25, 21) + 5)
+    d, v = line_profile(img, (1.5, 2.0), (1.5, 3.0), n=3)
+    np.testing.assert_allclose(v, [5.5, 6.5, 7.5])
+    # A vertical vessel of sigma 2 px across a diagonal line keeps its width along x.
+    vessel = np.exp(-0.5 * ((xx - 20.0) / 2.0) ** 2)
+    d, v = line_profile(vessel, (20, 0), (20, 40), n=401)
+    assert fwhm(v, spacing=d[1] - d[0]) == pytest.approx(2.3548 * 2.0, rel=0.01)
+    with pytest.raises(CycleULMError):
+        line_profile(np.ones(5), (0, 0), (0, 1))
+
+
+# -- Matching --------------------------------------------------------------
+def test_match_shifted_detections_within_and_outside_tolerance():
+    gt = Localisations({"frame": [0, 0, 1, 1], "y": [10, 20, 10, 30], "x": [10, 20, 10, 30]})
+    shifts = np.array([[0.3, 0.4], [0.6, 0.8], [1.2, 1.6], [0.0, 0.0]])  # 0.5, 1.0, 2.0, 0
+    det = gt.positions.copy()
+    det[:, 1:] += shifts
+    res = match_localisations(gt, det, tolerance=1.0)
+    assert (res.tp, res.fp, res.fn) == (3, 1, 1)
+    assert res.recall == pytest.approx(0.75) and res.precision == pytest.approx(0.75)
+    assert res.f1 == pytest.approx(0.75)
+    assert res.jaccard == pytest.approx(3 / 5)
+    assert res.mean_error_px == pytest.approx(0.5)
+    assert res.rmse_px == pytest.approx(math.sqrt((0.25 + 1.0 + 0.0) / 3))
+    np.testing.assert_array_equal(res.gt_index, [0, 1, 3])
+    np.testing.assert_array_equal(res.det_index, [0, 1, 3])
+    np.testing.assert_allclose(res.errors, [0.5, 1.0, 0.0])
+    np.testing.assert_allclose(res.errors_um(10.0), [5.0, 10.0, 0.0])
+    np.testing.assert_allclose(res.errors_um((10.0, 0.0 + 20.0)), [np.hypot(3, 8), np.hypot(6, 16), 0])
+    assert px_to_um(0.5, 12.0) == pytest.approx(6.0)
+
+
+def test_match_respects_frames():
+    gt = np.array([[0, 5.0, 5.0]])
+    det = np.array([[1, 5.0, 5.0]])
+    assert match_localisations(gt, det).tp == 0
+    assert match_localisations(gt, det, per_frame=False).tp == 1
+
+
+def test_hungarian_beats_greedy():
+    # Greedy nearest-pair matching takes B-P (0.7) and leaves A-Q (2.4) out of
+    # tolerance; the optimal assignment matches A-P (0.8) and B-Q (0.9).
+    gt = np.array([[0, 0.0, 0.0], [0, 0.0, 1.5]])
+    det = np.array([[0, 0.0, 0.8], [0, 0.0, 2.4]])
+    res = match_localisations(gt, det, tolerance=1.0)
+    assert res.tp == 2
+    np.testing.assert_array_equal(res.det_index, [0, 1])
+    assert res.mean_error_px == pytest.approx(0.85)
+
+
+def test_match_empty_inputs_do_not_crash():
+    empty = Localisations()
+    gt = np.array([[0, 1.0, 1.0]])
+    r = match_localisations(empty, gt)
+    assert (r.tp, r.fp, r.fn, r.recall, r.precision, r.f1) == (0, 1, 0, 0.0, 0.0, 0.0)
+    assert math.isnan(r.mean_error_px)
+    r = match_localisations(gt, np.empty((0, 3)))
+    assert (r.tp, r.fn, r.recall, r.precision) == (0, 1, 0.0, 0.0)
+    r = match_localisations(empty, empty)
+    assert r.tp == r.fp == r.fn == 0
+    with pytest.raises(CycleULMError):
+        match_localisations(np.ones((3, 2)), gt)
+    with pytest.raises(CycleULMError):
+        match_localisations(gt, gt, tolerance=-1)
+
+
+def test_match_large_tables_quickly_and_correctly():
+    rng = np.random.default_rng(1)
+    n = 100_000
+    gt = np.column_stack(
+        [rng.integers(0, 500, n), rng.uniform(0, 256, n), rng.uniform(0, 256, n)]
+    )
+    det = gt.copy()
+    det[:, 1:] += rng.normal(0, 0.2, (n, 2))
+    perm = rng.permutation(n)
+    t0 = time.perf_counter()
+    res = match_localisations(gt, det[perm], tolerance=1.0)
+    assert time.perf_counter() - t0 < 3.0
+    assert res.recall > 0.98
+    # Most matched detections are the true partners.
+    assert np.mean(perm[res.det_index] == res.gt_index) > 0.97
+    assert res.mean_error_px == pytest.approx(0.2 * math.sqrt(math.pi / 2), rel=0.05)
+
+
+def test_match_dense_group_maximises_matches():
+    # Both the dense and the sparse solver of a large group give the same optimum.
+    import napari_cycleulm.metrics as m
+
+    rng = np.random.default_rng(2)
+    gt = np.column_stack([np.zeros(400), rng.uniform(0, 20, 400), rng.uniform(0, 20, 400)])
+    det = gt[:300].copy()
+    det[:, 1:] += rng.normal(0, 0.5, (300, 2))
+    dense = match_localisations(gt, det, 1.0)
+    old = m._DENSE_LIMIT
+    try:
+        m._DENSE_LIMIT = 0
+        sparse_res = match_localisations(gt, det, 1.0)
+    finally:
+        m._DENSE_LIMIT = old
+    assert dense.tp == sparse_res.tp
+    assert dense.errors.sum() == pytest.approx(sparse_res.errors.sum())
+
+
+def test_precision_recall_sweep():
+    gt = Localisations({"frame": [0] * 4, "y": [10, 20, 30, 40], "x": [10] * 4})
+    det = Localisations(
+        {"frame": [0] * 6, "y": [10, 20, 30, 40, 50, 60], "x": [10.5] * 6,
+         "score": [0.9, 0.8, 0.7, 0.2, 0.5, 0.1]}
+    )
+    sweep = precision_recall_sweep(gt, det, thresholds=[0.6, 0.0, 0.15])
+    assert [s["threshold"] for s in sweep] == [0.0, 0.15, 0.6]
+    assert [s["n_detections"] for s in sweep] == [6, 5, 3]
+    assert sweep[0]["recall"] == 1.0 and sweep[0]["precision"] == pytest.approx(4 / 6)
+    assert sweep[1]["recall"] == 1.0 and sweep[1]["precision"] == pytest.approx(4 / 5)
+    assert sweep[2]["recall"] == 0.75 and sweep[2]["precision"] == 1.0
+    assert sweep[2]["mean_error_px"] == pytest.approx(0.5)
+    assert len(precision_recall_sweep(gt, det)) >= 2
+    with pytest.raises(CycleULMError, match="score"):
+        precision_recall_sweep(gt, det.select(np.ones(6, bool)).with_columns(), score_column="q")
+
+
+# -- maps ------------------------------------------------------------------
+def test_rmse_known_value_and_normalisation():
+    a = np.zeros((4, 4))
+    b = np.full((4, 4), 3.0)
+    assert rmse(a, b) == pytest.approx(3.0)
+    assert rmse(np.ones((3, 3)), 5 * np.ones((3, 3)), normalise="max") == pytest.approx(0.0)
+    with pytest.raises(CycleULMError):
+        rmse(a, b[:2])
+
+
+def test_ssim_identical_and_scaled_maps():
+    rng = np.random.default_rng(3)
+    a = rng.random((32, 32))
+    assert ssim(a, a) == pytest.approx(1.0)
+    assert ssim(a, 7.0 * a) == pytest.approx(1.0)  # max normalisation
+    assert ssim(a, 7.0 * a, normalise=None) < 0.9
+    assert ssim(a, rng.random((32, 32))) < 0.2
+
+
+def test_evaluate_to_json_roundtrip(tmp_path):
+    res = match_localisations(np.array([[0, 1.0, 1.0]]), np.empty((0, 3)))
+    assert isinstance(res, MatchResult)
+    data = evaluate_to_json(res, tmp_path / "m.json", note="x")
+    loaded = json.loads((tmp_path / "m.json").read_text())
+    assert loaded == data
+    assert loaded["fn"] == 1 and loaded["mean_error_px"] is None and loaded["note"] == "x"
+    d = match_localisations(np.array([[0, 1.0, 1.0]]), np.array([[0, 1.0, 1.5]])).to_dict(
+        pixel_size_um=10.0, include_pairs=True
+    )
+    assert d["mean_error_um"] == pytest.approx(5.0) and d["det_index"] == [0]

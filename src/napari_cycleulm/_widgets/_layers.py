@@ -1,0 +1,124 @@
+"""Conversions between napari layers and the library's arrays and tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import napari
+from napari.layers import Image, Layer, Points, Tracks as TracksLayer
+
+from ..arrays import as_frames
+from ..errors import CycleULMError
+from ..psf import PSF
+from ..tables import Localisations, Tracks
+
+PSF_METADATA_KEY = "cycleulm_psf"
+
+
+def frames_from_layer(layer: Image | None, name: str = "CEUS layer") -> np.ndarray:
+    """The (T, H, W) float32 frames of an Image layer, with clear errors."""
+    if layer is None:
+        raise CycleULMError(f"no {name} selected: open a CEUS stack or load the sample data first.")
+    if getattr(layer, "rgb", False):
+        raise CycleULMError(f"layer {layer.name!r} is RGB; CEUS data must be a grey-level stack.")
+    if getattr(layer, "multiscale", False):
+        raise CycleULMError(f"layer {layer.name!r} is multiscale; open the full-resolution stack instead.")
+    return as_frames(np.asarray(layer.data), name=f"layer {layer.name!r}")
+
+
+def localisations_from_points(layer: Points | None) -> Localisations:
+    """Localisations from a Points layer with (frame, y, x) coordinates and optional features."""
+    if layer is None:
+        raise CycleULMError("no Points layer selected.")
+    data = np.asarray(layer.data, dtype=float)
+    if len(data) == 0:
+        raise CycleULMError(f"Points layer {layer.name!r} is empty: add points first.")
+    if data.shape[1] == 2:
+        data = np.column_stack([np.zeros(len(data)), data])
+    if data.shape[1] != 3:
+        raise CycleULMError(
+            f"Points layer {layer.name!r} has {data.shape[1]}-D points; expected (frame, y, x)."
+        )
+    cols = {"frame": np.round(data[:, 0]), "y": data[:, 1], "x": data[:, 2]}
+    for name in layer.features.columns:
+        col = np.asarray(layer.features[name])
+        if np.issubdtype(col.dtype, np.number) and name not in cols:
+            cols[str(name)] = col
+    return Localisations(cols)
+
+
+def points_kwargs(locs: Localisations, name: str, **kwargs) -> tuple[np.ndarray, dict]:
+    """Layer data and keyword arguments for a Points layer of localisations."""
+    features = {n: locs[n] for n in locs.names if n not in ("frame", "y", "x")}
+    kw = dict(name=name, features=features, size=1.5, face_color="cyan", border_width=0)
+    kw.update(kwargs)
+    return locs.positions, kw
+
+
+def tracks_from_layer(layer: TracksLayer | None) -> Tracks:
+    """Tracks from a napari Tracks layer (track_id, frame, y, x) with features."""
+    if layer is None:
+        raise CycleULMError("no Tracks layer selected: run the Track widget first.")
+    data = np.asarray(layer.data, dtype=float)
+    if len(data) == 0 or data.shape[1] != 4:
+        raise CycleULMError(f"Tracks layer {layer.name!r} must hold (track_id, frame, y, x) rows.")
+    cols = {"track_id": data[:, 0], "frame": data[:, 1], "y": data[:, 2], "x": data[:, 3]}
+    for name in layer.features.columns:
+        col = np.asarray(layer.features[name])
+        if np.issubdtype(col.dtype, np.number) and name not in cols:
+            cols[str(name)] = col
+    return Tracks(cols)
+
+
+def tracks_kwargs(tracks: Tracks, name: str, **kwargs) -> tuple[np.ndarray, dict]:
+    """Layer data and keyword arguments for a napari Tracks layer."""
+    data = np.column_stack([tracks["track_id"], tracks["frame"], tracks["y"], tracks["x"]])
+    features = {n: tracks[n] for n in tracks.names if n not in ("track_id", "frame", "y", "x")}
+    kw = dict(name=name, features=features, tail_length=20, tail_width=1.5)
+    kw.update(kwargs)
+    return data, kw
+
+
+def psf_from_layer(layer: Layer | None) -> PSF:
+    """The PSF stored in a layer's metadata by the PSF widget."""
+    if layer is None:
+        raise CycleULMError(
+            "no PSF: estimate one with the 'Estimate PSF' widget (or choose 'auto')."
+        )
+    payload = layer.metadata.get(PSF_METADATA_KEY)
+    if payload is None:
+        raise CycleULMError(
+            f"layer {layer.name!r} holds no PSF; choose the layer made by the 'Estimate PSF' widget."
+        )
+    return PSF.from_dict(payload)
+
+
+def sr_layer_kwargs(reference: Layer | None, upsampling: int) -> dict:
+    """Scale and translate that make an SR map (upsampled x ``upsampling``) overlay ``reference``.
+
+    SR pixel ``k`` sits at original coordinate ``(k - (u - 1) / 2) / u`` because
+    pixel centres are at integer coordinates.
+    """
+    u = float(upsampling)
+    scale = np.ones(2)
+    translate = np.zeros(2)
+    if reference is not None:
+        scale = np.asarray(reference.scale[-2:], float)
+        translate = np.asarray(reference.translate[-2:], float)
+    return dict(scale=scale / u, translate=translate - scale * (u - 1) / (2 * u))
+
+
+def add_or_replace(viewer: napari.Viewer, kind: str, data, name: str, **kwargs) -> Layer:
+    """Update the layer called ``name`` in place when it exists (same type), else add one.
+
+    Layers the user made are never removed: only a layer of the same name and
+    type, which a previous run of the same stage produced, is updated.
+    """
+    cls = {"image": Image, "points": Points, "tracks": TracksLayer}[kind]
+    if name in viewer.layers and isinstance(viewer.layers[name], cls):
+        layer = viewer.layers[name]
+        layer.data = data
+        for key in ("features", "scale", "translate", "metadata"):
+            if key in kwargs:
+                setattr(layer, key, kwargs[key])
+        return layer
+    return getattr(viewer, f"add_{kind}")(data, name=name, **{k: v for k, v in kwargs.items() if k != "name"})

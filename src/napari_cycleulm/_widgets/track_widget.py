@@ -1,0 +1,56 @@
+"""Link localisations into tracks: Points -> napari Tracks layer."""
+
+from __future__ import annotations
+
+import napari
+from magicgui.widgets import FloatSpinBox, SpinBox
+from napari.layers import Points
+
+from ..progress import Progress
+from ..tables import Tracks
+from ..track import Linker
+from ._base import StageWidget
+from ._layers import add_or_replace, localisations_from_points, tracks_kwargs
+
+
+class TrackWidget(StageWidget):
+    """Points (frame, y, x) -> ``<input> tracks`` (tracks of at least ``min length`` frames)."""
+
+    def __init__(self, viewer: napari.Viewer):
+        super().__init__(viewer)
+        self.points = self.layer_combo("localisations", Points)
+        self.max_distance = FloatSpinBox(label="max distance (px/frame)", value=3.0, min=0.1, max=100.0, step=0.5)
+        self.max_gap = SpinBox(label="max gap (frames)", value=1, min=0, max=10)
+        self.min_length = SpinBox(label="min length (frames)", value=4, min=1, max=1000)
+        self.extend([self.points, self.max_distance, self.max_gap, self.min_length])
+        self.finish_layout()
+
+    def work(self):
+        locs = localisations_from_points(self.points.value).sort("frame")
+        params = dict(max_distance=self.max_distance.value, max_gap=self.max_gap.value,
+                      min_length=self.min_length.value)
+
+        def run():
+            linker = Linker(**params)
+            parts = []
+            n = int(locs["frame"].max()) + 1 if len(locs) else 0
+            for start in range(0, n, 100):
+                parts.append(linker.add(locs.in_frames(start, start + 100)))
+                yield Progress(min(start + 100, n), n, "tracking")
+            parts.append(linker.finish())
+            return Tracks.concat(parts)
+
+        return run()
+
+    def done(self, tracks: Tracks) -> None:
+        src = self.points.value
+        base = src.name.split(" localisations")[0]
+        data, kw = tracks_kwargs(tracks, f"{base} tracks", scale=src.scale, translate=src.translate,
+                                 metadata={"cycleulm": {"stage": "track", "max_distance": self.max_distance.value,
+                                                        "max_gap": self.max_gap.value,
+                                                        "min_length": self.min_length.value}})
+        if len(tracks) == 0:
+            self.status.value = "no track reached the minimum length"
+            return
+        add_or_replace(self.viewer, "tracks", data, **kw)
+        self.status.value = f"{tracks.n_tracks} tracks"

@@ -1,0 +1,153 @@
+"""napari writer hooks: Image -> TIFF/NPY, Points and Tracks -> CSV.
+
+All files are written atomically.  Coordinates are written in pixels as
+``(frame, y, x)`` (points) and ``(track_id, frame, y, x)`` (tracks).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CycleULMError
+from .io import write_stack
+from .tables import Localisations, Tracks
+
+log = logging.getLogger(__name__)
+
+
+def write_image(path: str, data, meta: dict) -> list[str]:
+    """Write an Image layer as a float32 stack.
+
+    Parameters
+    ----------
+    path : str
+        Destination; ``.npy`` writes NPY, ``.tif``/``.tiff`` TIFF; any other
+        name gets ``.tif`` appended.
+    data : array_like, shape (T, H, W) or (H, W)
+        Layer data (pixel values as displayed; NaN is kept).
+    meta : dict
+        Layer attributes (unused).
+
+    Returns
+    -------
+    list of str
+        The path written.
+    """
+    p = Path(path)
+    if p.suffix.lower() not in (".tif", ".tiff", ".npy"):
+        p = p.with_name(p.name + ".tif")
+    write_stack(p, data)
+    return [str(p)]
+
+
+def _features(meta: dict, n: int, skip) -> dict[str, np.ndarray]:
+    """Numeric feature columns of length ``n`` from layer ``features``/``properties``."""
+    source = meta.get("features")
+    if source is None or len(source) == 0:
+        source = meta.get("properties") or {}
+    if hasattr(source, "to_dict") and hasattr(source, "columns"):  # pandas DataFrame
+        source = {c: np.asarray(source[c]) for c in source.columns}
+    out = {}
+    for name, values in dict(source).items():
+        name = str(name)
+        arr = np.asarray(values)
+        if name in skip:
+            log.warning("feature %r clashes with a coordinate column; not written", name)
+            continue
+        if arr.shape != (n,) or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
+            log.warning("feature %r is not a numeric column of length %d; not written", name, n)
+            continue
+        out[name] = arr
+    return out
+
+
+def _csv_path(path: str) -> Path:
+    p = Path(path)
+    return p if p.suffix.lower() == ".csv" else p.with_name(p.name + ".csv")
+
+
+def write_points(path: str, data, meta: dict) -> list[str]:
+    """Write a Points layer as a CSV of localisations.
+
+    Columns are ``frame, y, x`` (pixels) followed by the numeric columns of
+    ``meta["features"]`` (or ``meta["properties"]``); non-numeric features are
+    skipped.  2-D points ``(y, x)`` are written with ``frame = 0``; a
+    fractional frame coordinate is rounded to the nearest frame.
+
+    Parameters
+    ----------
+    path : str
+        Destination CSV (``.csv`` is appended when missing).
+    data : array_like, shape (N, 3) or (N, 2)
+        Point coordinates ``(frame, y, x)`` or ``(y, x)``.
+    meta : dict
+        Layer attributes.
+
+    Returns
+    -------
+    list of str
+        The path written.
+
+    Raises
+    ------
+    CycleULMError
+        If the points are not 2-D or 3-D.
+    """
+    pts = np.asarray(data, dtype=np.float64)
+    if pts.size == 0:
+        pts = pts.reshape(0, 3)
+    if pts.ndim != 2 or pts.shape[1] not in (2, 3):
+        raise CycleULMError(
+            f"points must have (frame, y, x) or (y, x) coordinates, got shape {pts.shape}."
+        )
+    if pts.shape[1] == 2:
+        pts = np.column_stack([np.zeros(len(pts)), pts])
+    cols = {"frame": np.rint(pts[:, 0]), "y": pts[:, 1], "x": pts[:, 2]}
+    cols.update(_features(meta, len(pts), skip=cols))
+    p = _csv_path(path)
+    Localisations(cols).to_csv(p)
+    return [str(p)]
+
+
+def write_tracks(path: str, data, meta: dict) -> list[str]:
+    """Write a Tracks layer as a CSV ``track_id, frame, y, x`` plus features.
+
+    Parameters
+    ----------
+    path : str
+        Destination CSV (``.csv`` is appended when missing).
+    data : array_like, shape (N, 4)
+        napari tracks data ``(track_id, frame, y, x)`` in pixels.
+    meta : dict
+        Layer attributes; numeric ``features`` / ``properties`` are written.
+
+    Returns
+    -------
+    list of str
+        The path written.
+
+    Raises
+    ------
+    CycleULMError
+        If the data are not ``(N, 4)``.
+    """
+    arr = np.asarray(data, dtype=np.float64)
+    if arr.size == 0:
+        arr = arr.reshape(0, 4)
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise CycleULMError(
+            f"tracks must be (N, 4) rows of (track_id, frame, y, x), got shape {arr.shape}."
+        )
+    cols = {
+        "track_id": np.rint(arr[:, 0]),
+        "frame": np.rint(arr[:, 1]),
+        "y": arr[:, 2],
+        "x": arr[:, 3],
+    }
+    cols.update(_features(meta, len(arr), skip=cols))
+    p = _csv_path(path)
+    Tracks(cols).to_csv(p)
+    return [str(p)]

@@ -1,0 +1,311 @@
+"""The ``cycleulm`` command line.
+
+Every sub-command is a thin wrapper over a library function; errors in the
+input are printed as one clear line (exit status 2), never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .errors import CycleULMError
+
+
+# -- helpers -----------------------------------------------------------------
+def _input_metadata(path: Path) -> dict:
+    """Pixel size and frame rate from a ``metadata.json`` beside the input, if any."""
+    meta = path.parent / "metadata.json"
+    if meta.is_file():
+        try:
+            return json.loads(meta.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+    return {}
+
+
+def _resolve_units(args, path: Path) -> tuple[float | None, float | None]:
+    meta = _input_metadata(path)
+    px = args.pixel_size_um if args.pixel_size_um is not None else meta.get("pixel_size_um")
+    fr = args.frame_rate_hz if args.frame_rate_hz is not None else meta.get("frame_rate_hz")
+    return px, fr
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    widths = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in columns}
+    print("  ".join(c.rjust(widths[c]) for c in columns))
+    for r in rows:
+        print("  ".join(_fmt(r.get(c)).rjust(widths[c]) for c in columns))
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
+# -- sub-commands ----------------------------------------------------------
+def cmd_simulate(args) -> int:
+    from .simulate import PRESETS, save_simulation, simulate
+
+    kw = dict(PRESETS[args.preset]) if args.preset else {}
+    for key, val in (("n_frames", args.frames), ("height", args.height), ("width", args.width)):
+        if val is not None:
+            kw[key] = val
+    if args.density is not None:
+        kw["density"] = args.density
+    t0 = time.perf_counter()
+    sim = simulate(seed=args.seed, **kw)
+    elapsed = time.perf_counter() - t0
+    paths = save_simulation(sim, args.out)
+    print(
+        f"simulated {sim.frames.shape[0]} frames of {sim.frames.shape[1]}x{sim.frames.shape[2]} px "
+        f"({len(sim.ground_truth)} ground-truth bubbles) in {elapsed:.2f} s"
+    )
+    for name, p in paths.items():
+        print(f"  {name}: {p}")
+    return 0
+
+
+def cmd_psf(args) -> int:
+    from .io import read_stack
+    from .psf import estimate_psf, estimate_psf_auto
+    from .tables import Localisations
+
+    path = Path(args.input)
+    frames = read_stack(path)
+    px, _ = _resolve_units(args, path)
+    if args.points:
+        pts = Localisations.from_csv(args.points)
+        est = estimate_psf(frames, pts, pixel_size_um=px)
+    else:
+        est = estimate_psf_auto(frames, n=args.n, pixel_size_um=px)
+    psf = est.psf
+    psf.to_json(args.out)
+    mode = "given" if args.points else "automatically picked"
+    print(f"PSF from {est.n_used} {mode} bubbles ({len(est.rejected)} rejected): "
+          f"FWHM y = {psf.fwhm_y_px:.3f} px, x = {psf.fwhm_x_px:.3f} px")
+    for index, reason in est.rejected[:10]:
+        print(f"  rejected point {index}: {reason}")
+    if px:
+        print(f"  FWHM y = {psf.fwhm_y_px * px:.1f} um, x = {psf.fwhm_x_px * px:.1f} um")
+    print(f"  fit residual (RMS, fraction of peak): {psf.residual:.4f}")
+    print(f"  written to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from ._atomic import write_text_atomic
+    from .metrics import match_localisations
+    from .tables import Localisations
+
+    gt = Localisations.from_csv(args.ground_truth)
+    det = Localisations.from_csv(args.detections)
+    res = match_localisations(gt, det, tolerance=args.tolerance)
+    d = res.to_dict()
+    rows = [{k: d[k] for k in ("tp", "fp", "fn", "recall", "precision", "f1", "jaccard", "mean_error_px")}]
+    if args.pixel_size_um:
+        d["mean_error_um"] = d["mean_error_px"] * args.pixel_size_um
+        rows[0]["mean_error_um"] = d["mean_error_um"]
+    print(f"tolerance {args.tolerance} px: {len(gt)} ground truth, {len(det)} detections")
+    _print_table(rows, list(rows[0]))
+    out = args.out or str(Path(args.detections).with_suffix(".evaluation.json"))
+    write_text_atomic(out, json.dumps(d, indent=2))
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .io import read_stack
+    from .pipeline import iter_pipeline
+    from .progress import drive_with_bar
+
+    path = Path(args.input)
+    stack = read_stack(path, lazy=True)
+    px, fr = _resolve_units(args, path)
+    if args.psf == "auto":
+        psf = "auto"
+    else:
+        from .psf import PSF
+
+        psf = PSF.from_json(args.psf)
+    track_params = {}
+    if args.max_distance is not None:
+        track_params["max_distance"] = args.max_distance
+    t0 = time.perf_counter()
+    result = drive_with_bar(
+        iter_pipeline(
+            stack,
+            args.pipeline,
+            psf,
+            block_size=args.block_size,
+            threshold=args.threshold,
+            target_count=args.target_count,
+            track_params=track_params,
+            upsampling=args.upsampling,
+            pixel_size_um=px,
+            frame_rate_hz=fr,
+            out_dir=args.out,
+            device=args.device,
+        ),
+        desc=args.pipeline,
+        disable=args.quiet,
+    )
+    elapsed = time.perf_counter() - t0
+    print(
+        f"{args.pipeline}: {result.n_frames} frames, {result.n_localisations} localisations, "
+        f"{result.n_tracks} tracks in {elapsed:.1f} s ({result.n_frames / elapsed:.1f} frames/s)"
+    )
+    for name, p in result.outputs.items():
+        print(f"  {name}: {p}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .metrics import match_localisations
+    from .pipeline import iter_pipeline
+    from .progress import drive_with_bar
+    from .psf import estimate_psf_auto
+    from .simulate import PRESETS, save_simulation, simulate
+
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    sim = simulate(seed=args.seed, **PRESETS["sample"])
+    t_sim = time.perf_counter() - t0
+    save_simulation(sim, out / "sample")
+    meta = sim.metadata
+    px, fr = meta["pixel_size_um"], meta["frame_rate_hz"]
+    print(
+        f"1. simulated the sample: {sim.frames.shape[0]} frames of {sim.frames.shape[1]}x{sim.frames.shape[2]} px, "
+        f"{len(sim.ground_truth)} ground-truth bubble positions, {t_sim:.2f} s -> {out / 'sample'}"
+    )
+    t0 = time.perf_counter()
+    est = estimate_psf_auto(sim.frames, pixel_size_um=px)
+    psf = est.psf
+    psf.to_json(out / "psf.json")
+    true_y, true_x = meta["psf_fwhm_y_px"], meta["psf_fwhm_x_px"]
+    print(
+        f"2. PSF estimated automatically from {est.n_used} isolated bubbles in {time.perf_counter() - t0:.2f} s:\n"
+        f"   FWHM y = {psf.fwhm_y_px:.2f} px (true {true_y:.2f}, error {100 * (psf.fwhm_y_px / true_y - 1):+.1f}%), "
+        f"x = {psf.fwhm_x_px:.2f} px (true {true_x:.2f}, error {100 * (psf.fwhm_x_px / true_x - 1):+.1f}%)"
+    )
+    rows = []
+    for name in args.pipelines:
+        t0 = time.perf_counter()
+        res = drive_with_bar(
+            iter_pipeline(
+                sim.frames, name, psf, pixel_size_um=px, frame_rate_hz=fr,
+                out_dir=out / name, keep_tables=True,
+            ),
+            desc=name,
+            disable=args.quiet,
+        )
+        elapsed = time.perf_counter() - t0
+        m = match_localisations(sim.ground_truth, res.localisations, tolerance=args.tolerance)
+        rows.append(
+            {
+                "pipeline": name,
+                "localisations": res.n_localisations,
+                "tracks": res.n_tracks,
+                "recall": m.recall,
+                "precision": m.precision,
+                "F1": m.f1,
+                "error_um": m.mean_error_px * px,
+                "seconds": elapsed,
+            }
+        )
+    print(f"3. pipelines scored against the ground truth (tolerance {args.tolerance} px = {args.tolerance * px:.0f} um):")
+    _print_table(rows, list(rows[0]))
+    print(f"outputs in {out}/ (SR maps as TIFF, preview.png, CSV tables, run.json)")
+    return 0
+
+
+# -- parser ------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from .pipeline import PIPELINES
+
+    p = argparse.ArgumentParser(
+        prog="cycleulm",
+        description="Ultrasound localisation microscopy with CycleULM (headless).",
+    )
+    p.add_argument("--version", action="version", version=f"napari-cycleulm {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def units(sp):
+        sp.add_argument("--pixel-size-um", type=float, default=None,
+                        help="pixel size in micrometres (default: metadata.json beside the input)")
+        sp.add_argument("--frame-rate-hz", type=float, default=None,
+                        help="frame rate in Hz (default: metadata.json beside the input)")
+
+    sp = sub.add_parser("demo", help="simulate the sample, estimate its PSF, run the pipelines and score them")
+    sp.add_argument("--out", default="cycleulm-demo", help="output folder (default: ./cycleulm-demo)")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--tolerance", type=float, default=1.0, help="matching tolerance, pixels")
+    sp.add_argument("--pipelines", nargs="+", default=["baseline1", "baseline2"], choices=sorted(PIPELINES))
+    sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    sp.set_defaults(func=cmd_demo)
+
+    sp = sub.add_parser("simulate", help="simulate a CEUS sequence with ground truth")
+    sp.add_argument("out", help="output folder")
+    sp.add_argument("--preset", choices=["sample", "benchmark"], default="sample")
+    sp.add_argument("--frames", type=int, default=None)
+    sp.add_argument("--height", type=int, default=None)
+    sp.add_argument("--width", type=int, default=None)
+    sp.add_argument("--density", type=float, default=None, help="mean bubbles per frame")
+    sp.add_argument("--seed", type=int, default=0)
+    sp.set_defaults(func=cmd_simulate)
+
+    sp = sub.add_parser("psf", help="estimate the PSF from clicked or automatically picked bubbles")
+    sp.add_argument("input", help="CEUS stack (tif, npy, mat, h5)")
+    sp.add_argument("--points", default=None, help="CSV of bubble positions (frame,y,x); automatic when omitted")
+    sp.add_argument("--out", required=True, help="PSF JSON to write")
+    sp.add_argument("--n", type=int, default=20, help="bubbles to pick in automatic mode")
+    units(sp)
+    sp.set_defaults(func=cmd_psf)
+
+    sp = sub.add_parser("evaluate", help="score detections against ground truth")
+    sp.add_argument("ground_truth")
+    sp.add_argument("detections")
+    sp.add_argument("--tolerance", type=float, default=1.0, help="matching tolerance, pixels")
+    sp.add_argument("--pixel-size-um", type=float, default=None)
+    sp.add_argument("--out", default=None, help="JSON to write (default: beside DETECTIONS)")
+    sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser("run", help="run a ULM pipeline on a CEUS stack")
+    sp.add_argument("input")
+    sp.add_argument("--pipeline", required=True, choices=sorted(PIPELINES))
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--psf", default="auto", help="'auto' or a PSF JSON from `cycleulm psf`")
+    sp.add_argument("--block-size", type=int, default=200, help="frames per block (memory scales with it)")
+    sp.add_argument("--threshold", type=float, default=None, help="localisation threshold")
+    sp.add_argument("--target-count", type=int, default=None, help="keep exactly N best localisations")
+    sp.add_argument("--max-distance", type=float, default=None, help="tracking gate, pixels per frame")
+    sp.add_argument("--upsampling", type=int, default=4)
+    sp.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    sp.add_argument("--quiet", action="store_true")
+    units(sp)
+    sp.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except CycleULMError as exc:
+        print(f"cycleulm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cycleulm {args.command}: interrupted; files already complete were kept.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
