@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ._atomic import atomic_path
+from .arrays import as_frames
 from .errors import CycleULMError
 from .tables import Localisations, Tracks
 
@@ -252,6 +253,15 @@ def _finish_eager(arr: np.ndarray, path, what="", mat_order=False) -> np.ndarray
 def _read_tiff(path: Path, lazy: bool):
     import tifffile
 
+    with tifffile.TiffFile(path) as tif:
+        axes = tif.series[0].axes
+    # Interleaved samples (..YXS) are colour; planar samples (SYX) are what
+    # tifffile writes for 3- or 4-frame stacks by default: read those as frames.
+    if axes.endswith("S"):
+        raise CycleULMError(
+            f"{path} is a colour (RGB) TIFF with axes {axes!r}; save the CEUS "
+            "frames as a greyscale (frames, height, width) stack."
+        )
     if lazy:
         try:
             mm = tifffile.memmap(path, mode="r")
@@ -277,15 +287,7 @@ def _read_tiff(path: Path, lazy: bool):
             return LazyStack(shape, dtype, read, close=tif.close, source=str(path))
         tif.close()  # unusual layout: read it whole
     with tifffile.TiffFile(path) as tif:
-        series = tif.series[0]
-        # Interleaved samples (..YXS) are colour; planar samples (SYX) are
-        # what tifffile writes for 3- or 4-frame stacks by default: frames.
-        if series.axes.endswith("S"):
-            raise CycleULMError(
-                f"{path} is a colour (RGB) TIFF with axes {series.axes!r}; save the CEUS "
-                "frames as a greyscale (frames, height, width) stack."
-            )
-        arr = series.asarray()
+        arr = tif.series[0].asarray()
     arr = _finish_eager(arr, path)
     return _in_memory(arr, str(path)) if lazy else arr
 
@@ -564,6 +566,21 @@ def read_table(path: str | os.PathLike) -> Localisations | Tracks:
     return cls.from_csv(p)
 
 
+def read_block(stack, start: int, stop: int) -> np.ndarray:
+    """Frames ``start:stop`` of an array or :class:`LazyStack`, checked, as float32 (T, H, W).
+
+    Raises
+    ------
+    CycleULMError
+        If the block holds NaN or infinite values (see :func:`arrays.as_frames`).
+    """
+    if isinstance(stack, LazyStack):
+        blk = stack.block(start, stop)
+    else:
+        blk = np.asarray(stack[start:stop], dtype=np.float32)
+    return as_frames(blk, name=f"frames {start}-{stop - 1}")
+
+
 def iter_blocks(
     stack, block_size: int, overlap: int = 0
 ) -> Iterator[tuple[int, int, np.ndarray]]:
@@ -612,11 +629,7 @@ def iter_blocks(
     start = 0
     while start < n:
         stop = min(n, start + block_size)
-        if isinstance(stack, LazyStack):
-            blk = stack.block(start, stop)
-        else:
-            blk = np.asarray(stack[start:stop], dtype=np.float32)
-        yield start, stop, blk
+        yield start, stop, read_block(stack, start, stop)
         if stop >= n:
             break
         start = stop - overlap

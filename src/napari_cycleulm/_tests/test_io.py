@@ -224,5 +224,6 @@ def test_tiff_frames_vs_colour(tmp_path):
     np.testing.assert_array_equal(read_stack(tmp_path / "three.tif", lazy=True).block(0, 3), three)
     rgb = np.zeros((8, 9, 3), np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
-    with pytest.raises(CycleULMError, match="colour"):
-        read_stack(tmp_path / "rgb.tif")
+    for lazy in (False, True):
+        with pytest.raises(CycleULMError, match="colour"):
+            read_stack(tmp_path / "rgb.tif", lazy=lazy)
