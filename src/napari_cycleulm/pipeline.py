@@ -45,6 +45,10 @@ from .tables import Localisations, TableWriter, Tracks
 from .track import Linker
 
 
+#: Frames read at the start of a run to estimate the PSF ("auto") and the intensity scale.
+CALIBRATION_FRAMES = 100
+
+
 @dataclass(frozen=True)
 class PipelineSpec:
     """What a named pipeline does at each stage."""
@@ -53,14 +57,17 @@ class PipelineSpec:
     denoise: str  # "threshold" | "none"
     localise: str  # "ncc" | "decon"
     description: str
+    #: Default localisation threshold: NCC score, or deconvolution amplitude in
+    #: normalised intensity units (the run's 99.9th percentile is 1).
+    threshold: float
 
 
 PIPELINES: dict[str, PipelineSpec] = {
     "baseline1": PipelineSpec(
-        "baseline1", "threshold", "ncc", "adaptive thresholding + NCC + tracking"
+        "baseline1", "threshold", "ncc", "adaptive thresholding + NCC + tracking", 0.3
     ),
     "baseline2": PipelineSpec(
-        "baseline2", "threshold", "decon", "adaptive thresholding + deconvolution + tracking"
+        "baseline2", "threshold", "decon", "adaptive thresholding + deconvolution + tracking", 0.1
     ),
 }
 
@@ -135,14 +142,22 @@ class _Timer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def _stage_denoise(block: np.ndarray, spec: PipelineSpec, params: dict) -> np.ndarray:
+def _stage_denoise(block: np.ndarray, spec: PipelineSpec, psf: PSF, params: dict) -> np.ndarray:
     from .preprocess import adaptive_threshold
 
     if spec.denoise == "threshold":
-        return adaptive_threshold(block, **params)
+        return adaptive_threshold(block, psf=psf, **params)
     if spec.denoise == "none":
         return block
     raise CycleULMError(f"unknown denoiser {spec.denoise!r}")
+
+
+def _intensity_scale(frames: np.ndarray, percentile: float = 99.9) -> float:
+    """Factor that maps the given percentile of ``frames`` to 1 (1 for an all-zero block)."""
+    ref = float(np.percentile(frames, percentile))
+    if ref <= 0:
+        ref = float(np.abs(frames).max())
+    return 1.0 / ref if ref > 0 else 1.0
 
 
 def _stage_localise(block: np.ndarray, psf: PSF, spec: PipelineSpec, params: dict) -> Localisations:
@@ -183,8 +198,9 @@ def iter_pipeline(
     block_size : int
         Frames per block; memory grows with it, not with the acquisition.
     threshold : float, optional
-        Localisation threshold (NCC score or deconvolution amplitude); the
-        localiser's default when ``None``.
+        Localisation threshold: NCC score, or deconvolution amplitude in
+        normalised intensity units; the pipeline's default when ``None``
+        (:attr:`PipelineSpec.threshold`).
     target_count : int, optional
         Keep exactly the N best localisations of the acquisition (see module notes).
     denoise_params, localise_params, track_params : dict, optional
@@ -228,9 +244,10 @@ def iter_pipeline(
     if device is not None:
         denoise_params.setdefault("device", device)
         localise_params.setdefault("device", device)
-    if threshold is not None:
-        localise_params["threshold"] = threshold
+    localise_params["threshold"] = spec.threshold if threshold is None else threshold
     timer = _Timer()
+    # The first frames calibrate the run: automatic PSF and intensity scale.
+    calibration = ulm_io.read_block(stack, 0, min(n_frames, CALIBRATION_FRAMES))
 
     if isinstance(psf, str):
         if psf != "auto":
@@ -239,21 +256,29 @@ def iter_pipeline(
 
         yield Progress(0, n_frames, "psf")
         t0 = time.perf_counter()
-        first = ulm_io.read_block(stack, 0, min(n_frames, max(block_size, 50)))
-        psf = estimate_psf_auto(first, pixel_size_um=pixel_size_um).psf
+        psf = estimate_psf_auto(calibration, pixel_size_um=pixel_size_um).psf
         timer.add("psf", t0)
     psf = _check_psf(psf)
+    if spec.localise == "decon":
+        # Blocks must share one threshold: amplitudes in normalised intensity units.
+        localise_params.setdefault("absolute_threshold", True)
+
+    # One intensity scale for the whole run, from the first frames (whatever
+    # the block size), so that absolute thresholds mean the same in every block.
+    scale = _intensity_scale(calibration)
+    del calibration
 
     params = {
         "pipeline": pipeline,
         "description": spec.description,
         "block_size": block_size,
-        "threshold": threshold,
+        "threshold": localise_params["threshold"],
         "target_count": target_count,
         "denoise_params": {k: v for k, v in denoise_params.items() if k != "device"},
         "localise_params": {k: v for k, v in localise_params.items() if k != "device"},
         "track_params": track_params,
         "upsampling": upsampling,
+        "intensity_scale": scale,
         "pixel_size_um": pixel_size_um,
         "frame_rate_hz": frame_rate_hz,
         "psf": {
@@ -269,14 +294,15 @@ def iter_pipeline(
         """Yield (start, stop, localisations) after denoising and localising each block."""
         for start, stop, block in ulm_io.iter_blocks(stack, block_size):
             t0 = time.perf_counter()
-            den = _stage_denoise(block, spec, denoise_params)
+            block = block * scale
+            den = _stage_denoise(block, spec, psf, denoise_params)
             timer.add("denoise", t0)
             t0 = time.perf_counter()
             locs = _stage_localise(den, psf, spec, localise_params)
             timer.add("localise", t0)
             if len(locs):
                 locs = locs.with_columns(frame=locs["frame"] + start)
-            pd_sum[:] += (np.asarray(block, np.float64) ** 2).sum(axis=0)
+            pd_sum[:] += (np.asarray(block, np.float64) ** 2).sum(axis=0) / scale**2
             yield start, stop, locs
 
     pd_sum = np.zeros(shape[1:], np.float64)
@@ -314,7 +340,7 @@ def iter_pipeline(
             if keep_tables:
                 track_parts.append(tracks)
 
-        def consume_locs(locs: Localisations) -> None:
+        def consume_locs(locs: Localisations, last_frame: int) -> None:
             nonlocal n_locs
             n_locs += len(locs)
             t0 = time.perf_counter()
@@ -325,13 +351,13 @@ def iter_pipeline(
             if keep_tables:
                 loc_parts.append(locs)
             t0 = time.perf_counter()
-            finished = linker.add(locs)
+            finished = linker.add(locs, last_frame=last_frame)
             timer.add("track", t0)
             consume_tracks(finished)
 
         if target_count is None:
             for start, stop, locs in localise_blocks():
-                consume_locs(locs)
+                consume_locs(locs, stop - 1)
                 yield Progress(stop, n_frames, "localise + track")
         else:
             candidates: list[Localisations] = []
@@ -352,8 +378,9 @@ def iter_pipeline(
             allc = allc.select(np.sort(keep)).sort("frame")
             params["matched_score_cut"] = float(allc["score"].min()) if len(allc) else None
             for start in range(0, n_frames, block_size):
-                consume_locs(allc.in_frames(start, start + block_size))
-                yield Progress(min(start + block_size, n_frames), n_frames, "track")
+                stop = min(start + block_size, n_frames)
+                consume_locs(allc.in_frames(start, stop), stop - 1)
+                yield Progress(stop, n_frames, "track")
         t0 = time.perf_counter()
         consume_tracks(linker.finish())
         timer.add("track", t0)

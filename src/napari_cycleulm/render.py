@@ -87,7 +87,8 @@ def px_per_frame_to_mm_s(v, pixel_size_um: float, frame_rate_hz: float):
 def sr_coordinates(y, x, upsampling: int = 4):
     """SR-grid coordinates ``(y*u + (u-1)/2, x*u + (u-1)/2)`` of original positions."""
     off = (upsampling - 1) / 2.0
-    return np.asarray(y, np.float64) * upsampling + off, np.asarray(x, np.float64) * upsampling + off
+    ys = np.asarray(y, np.float64) * upsampling + off
+    return ys, np.asarray(x, np.float64) * upsampling + off
 
 
 def _positive(name, val) -> None:
@@ -179,7 +180,8 @@ class SRRenderer:
 
     def __init__(self, shape, upsampling: int = 4, step: float = 0.5) -> None:
         self.shape = _check_shape(shape)
-        if isinstance(upsampling, bool) or not isinstance(upsampling, (int, np.integer)) or upsampling < 1:
+        integer = isinstance(upsampling, (int, np.integer)) and not isinstance(upsampling, bool)
+        if not integer or upsampling < 1:
             raise CycleULMError(f"upsampling must be an integer >= 1, got {upsampling!r}.")
         _positive("step", step)
         self.upsampling = int(upsampling)
@@ -519,7 +521,9 @@ def to_png(
     try:
         colormap = matplotlib.colormaps[cmap].copy()
     except KeyError:
-        raise CycleULMError(f"unknown colormap {cmap!r}; use a matplotlib name such as 'hot'.") from None
+        raise CycleULMError(
+            f"unknown colormap {cmap!r}; use a matplotlib name such as 'hot'."
+        ) from None
     if scale_bar_mm is not None:
         _positive("scale_bar_mm", scale_bar_mm)
         if pixel_size_um is None:

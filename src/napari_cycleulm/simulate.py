@@ -807,14 +807,15 @@ def save_simulation(sim: Simulation, out_dir: str | os.PathLike) -> dict[str, Pa
     """
     import tifffile
 
+    from .io import write_stack
+
     out = Path(out_dir)
     paths = {k: out / v for k, v in _FILES.items()}
-    with atomic_path(paths["frames"]) as tmp:
-        tifffile.imwrite(tmp, np.asarray(sim.frames, dtype=np.float32))
+    write_stack(paths["frames"], sim.frames)
     sim.ground_truth.to_csv(paths["ground_truth"])
     for key in ("vessel_mask", "organ_mask"):
         with atomic_path(paths[key]) as tmp:
-            tifffile.imwrite(tmp, np.asarray(getattr(sim, key)).astype(np.uint8))
+            tifffile.imwrite(tmp, np.asarray(getattr(sim, key)).astype(np.uint8), photometric="minisblack")
     write_text_atomic(paths["metadata"], json.dumps(_jsonable(sim.metadata), indent=2))
     return paths
 
@@ -828,6 +829,8 @@ def load_simulation(out_dir: str | os.PathLike) -> Simulation:
         If the folder or one of its files is missing.
     """
     import tifffile
+
+    from .io import write_stack
 
     out = Path(out_dir)
     missing = [v for v in _FILES.values() if not (out / v).is_file()]

@@ -540,7 +540,8 @@ def _finalise(done: Localisations, window: int, interpolate: bool) -> Tracks:
     tid = done["track_id"]
     t = done["frame"].astype(np.float64)
     vy, vx = _window_slopes(tid, t, done["y"], done["x"], window)
-    cols = {"track_id": tid, "frame": done["frame"], "y": done["y"], "x": done["x"], "vy": vy, "vx": vx}
+    cols = {"track_id": tid, "frame": done["frame"], "y": done["y"], "x": done["x"]}
+    cols.update(vy=vy, vx=vx)
     cols.update({n: c for n, c in done.columns.items() if n not in cols})
     tracks = Tracks(cols)
     if interpolate:

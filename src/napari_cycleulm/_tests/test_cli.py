@@ -15,8 +15,8 @@ from napari_cycleulm.tables import Localisations
 @pytest.fixture(scope="module")
 def sim_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("sim")
-    assert main(["simulate", str(out), "--frames", "40", "--height", "64", "--width", "80",
-                 "--density", "8", "--seed", "5"]) == 0
+    assert main(["simulate", str(out), "--frames", "40", "--height", "96", "--width", "128",
+                 "--density", "6", "--seed", "5"]) == 0
     return out
 
 
@@ -39,13 +39,14 @@ def test_psf_automatic_prints_fwhm(sim_dir, tmp_path, capsys):
 
 def test_psf_from_points_csv(sim_dir, tmp_path, capsys):
     gt = Localisations.from_csv(sim_dir / "ground_truth.csv")
-    # Keep bubbles with no other bubble within 10 px in the same frame, away from the borders.
+    # Bubbles with no other bubble within 16 px (the patch) in the same frame, away from the borders.
     keep = []
     for i in range(len(gt)):
         same = gt["frame"] == gt["frame"][i]
         d = np.hypot(gt["y"][same] - gt["y"][i], gt["x"][same] - gt["x"][i])
-        if (d < 10).sum() == 1 and 10 < gt["y"][i] < 54 and 10 < gt["x"][i] < 70:
+        if (d < 16).sum() == 1 and 14 < gt["y"][i] < 82 and 14 < gt["x"][i] < 114:
             keep.append(i)
+    assert len(keep) >= 5
     pts = tmp_path / "pts.csv"
     gt.select(np.array(keep[:40])).to_csv(pts)
     assert main(["psf", str(sim_dir / "frames.tif"), "--points", str(pts), "--out", str(tmp_path / "p.json")]) == 0

@@ -88,8 +88,7 @@ def test_ncc_recovers_isolated_bubbles(isolated_bubbles):
     assert set(locs.names) >= {"frame", "y", "x", "intensity", "score"}
     assert np.all((locs["score"] > 0.5) & (locs["score"] <= 1.0))
     # intensity is the fitted template amplitude: close to the true amplitude
-    order = np.lexsort((gt["x"], gt["y"], gt["frame"]))
-    assert np.median(locs["intensity"]) == pytest.approx(np.median(gt["amplitude"][order]), rel=0.15)
+    assert np.median(locs["intensity"]) == pytest.approx(np.median(gt["amplitude"]), rel=0.15)
 
 
 def test_ncc_accepts_a_kernel_array_even_sized(isolated_bubbles):
@@ -129,7 +128,8 @@ def test_fine_grid_cells_are_centred_on_pixels():
 
 def test_decon_recovers_isolated_bubbles(isolated_bubbles):
     frames, gt, sigma = isolated_bubbles
-    locs = localise_decon(frames, PSF(*sigma), n_iter=60)
+    locs = localise_decon(frames[:5], PSF(*sigma), n_iter=60)  # 20 bubbles keep it fast
+    gt = gt.in_frames(0, 5)
     err, fp, fn = match(gt, locs)
     assert fp == 0 and fn == 0
     assert err.mean() < 0.2 and err.max() < 0.5
@@ -146,14 +146,15 @@ def test_decon_separates_two_close_bubbles():
     frames = draw_bubbles((1, 40, 44), pts, sigma, amplitudes=[1.0, 0.8])
     frames += np.random.default_rng(1).normal(0, 0.01, frames.shape).astype(np.float32)
     gt = Localisations({"frame": pts[:, 0], "y": pts[:, 1], "x": pts[:, 2]})
-    err, fp, fn = match(gt, localise_decon(frames, psf))
+    err, fp, fn = match(gt, localise_decon(frames, psf, n_iter=60))
     assert fp == 0 and fn == 0 and err.max() < 0.3
 
 
 def test_decon_with_kernel_array_and_upsampling_one(isolated_bubbles):
     frames, gt, sigma = isolated_bubbles
     kern = gaussian_kernel(*sigma)
-    err, fp, fn = match(gt, localise_decon(frames[:3], kern, upsampling=1, n_iter=60))
+    locs = localise_decon(frames[:3], kern, upsampling=1, n_iter=60)
+    err, fp, fn = match(gt.in_frames(0, 3), locs)
     assert fp == 0 and fn == 0 and err.mean() < 0.2
 
 

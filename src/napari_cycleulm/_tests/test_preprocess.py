@@ -67,9 +67,7 @@ def test_adaptive_threshold_zeros_flat_background_and_keeps_bubbles():
     assert np.all(out[kept] == frames[kept])
     # the pixel is kept exactly when I > (1 + s) * local mean
     mean = box_mean(frames, 15)
-    assert np.array_equal(kept, frames > 1.15 * mean.astype(np.float64) + 1e-7) or (
-        np.mean(kept != (frames > 1.15 * mean)) < 1e-3
-    )
+    assert np.mean(kept != (frames > 1.15 * mean)) < 1e-3  # float32 rounding only
 
 
 def test_adaptive_threshold_sensitivity_and_default_window():
@@ -98,13 +96,13 @@ def _tissue_and_bubble(t=40, h=32, w=32, complex_=False, seed=0):
     rng = np.random.default_rng(seed)
     # Tissue: a bright static speckle pattern slowly breathing (rank 2).
     speckle = rng.uniform(5, 10, (h, w))
-    speckle2 = rng.uniform(0, 1, (h, w))
+    speckle2 = rng.uniform(2, 4, (h, w))
     time = np.linspace(0, 1, t)
     tissue = speckle[None] * (1 + 0.05 * np.sin(2 * np.pi * time))[:, None, None]
     tissue = tissue + speckle2[None] * np.cos(np.pi * time)[:, None, None]
     pts = [(f, 16.0, 4.0 + 0.6 * f) for f in range(t)]  # moving bubble
     bubble = draw_bubbles((t, h, w), pts, (1.5, 1.5))
-    data = tissue + bubble
+    data = tissue + bubble + rng.normal(0, 0.05, (t, h, w))  # receiver noise
     if complex_:
         data = data * np.exp(1j * rng.uniform(0, 2 * np.pi, (1, h, w)))
     return data.astype(np.complex64 if complex_ else np.float32), bubble, pts
@@ -117,7 +115,7 @@ def test_svd_filter_removes_tissue_keeps_moving_bubble(complex_):
     assert out.shape == data.shape and out.dtype == np.float32
     # Far from the bubble, tissue (intensity 5-10) is suppressed to a small residual.
     far = bubble < 1e-3
-    assert np.abs(out[far]).mean() < 0.05
+    assert np.abs(out[far]).mean() < 0.1  # the noise level (0.05 std) remains
     # The bubble stays the brightest feature, at the right place, in most frames.
     hits = 0
     for f, y, x in pts:

@@ -44,10 +44,11 @@ def _five_bubbles(noise=0.05, seed=0):
 
 def _match(tracks: Tracks, locs: Localisations, gt: np.ndarray):
     """For each GT id: (best output track, purity, completeness)."""
-    key = {(int(f), round(y, 9), round(x, 9)): g for g, f, y, x in zip(gt, locs["frame"], locs["y"], locs["x"])}
-    out_gt = np.array(
-        [key[(int(f), round(y, 9), round(x, 9))] for f, y, x in zip(tracks["frame"], tracks["y"], tracks["x"])]
-    )
+    def key(f, y, x):
+        return int(f), round(float(y), 9), round(float(x), 9)
+
+    gt_of = {key(*p): g for g, p in zip(gt, locs.positions)}
+    out_gt = np.array([gt_of[key(*p)] for p in tracks.positions])
     res = {}
     for g in np.unique(gt):
         ids, counts = np.unique(tracks["track_id"][out_gt == g], return_counts=True)
@@ -122,7 +123,8 @@ def test_blocks_give_the_same_tracks_as_one_call():
         keep = rng.random(n) > 0.1  # missed detections and empty frames
         if f in (50, 51):
             keep[:] = False
-        parts.append(np.column_stack([np.full(keep.sum(), f), pos[keep], rng.uniform(1, 3, keep.sum())]))
+        k = int(keep.sum())
+        parts.append(np.column_stack([np.full(k, f), pos[keep], rng.uniform(1, 3, k)]))
     a = np.concatenate(parts)
     locs = Localisations({"frame": a[:, 0], "y": a[:, 1], "x": a[:, 2], "intensity": a[:, 3]})
     one = track(locs)
@@ -150,7 +152,8 @@ def test_intensity_term_prevents_a_wrong_link():
         inten += [10.0, 1.0]
     locs, gt = _locs(rows, inten)
     def pure(tracks):  # every track holds only bright or only dim points
-        return all(np.ptp(tracks["intensity"][tracks["track_id"] == i]) == 0 for i in range(tracks.n_tracks))
+        ids, inten = tracks["track_id"], tracks["intensity"]
+        return all(np.ptp(inten[ids == i]) == 0 for i in range(tracks.n_tracks))
 
     with_intensity = track(locs, intensity_weight=0.5)
     assert with_intensity.n_tracks == 2 and len(with_intensity) == 16
@@ -198,3 +201,17 @@ def test_speed_gate_stops_links_beyond_max_distance():
     locs = _line(8, vx=2.5)
     assert track(locs, max_distance=3.0).n_tracks == 1
     assert track(locs, max_distance=2.0).n_tracks == 0
+
+
+def test_motion_prediction_beats_nearest_neighbour():
+    # Fast bubble A (2 px/frame) passes a still bubble B that appears 1 px ahead of it.
+    rows = [(0, f, 10.0, 2.0 * f) for f in range(12)]
+    rows += [(1, f, 10.3, 2.0 * 6 + 1.0) for f in range(7, 14)]  # 1 px ahead of A at frame 6
+    rows.sort(key=lambda r: r[1])
+    locs, gt = _locs(rows)
+    tracks = track(locs, max_distance=3.0, intensity_weight=0.0)
+    res = _match(tracks, locs, gt)
+    assert tracks.n_tracks == 2
+    assert all(p == 1.0 and c == 1.0 for _, p, c in res.values())
+    a = tracks["track_id"] == res[0][0]
+    np.testing.assert_allclose(tracks["vx"][a], 2.0, atol=1e-9)

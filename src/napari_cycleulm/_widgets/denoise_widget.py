@@ -21,7 +21,7 @@ class DenoiseWidget(StageWidget):
         self.image = self.layer_combo("CEUS", Image)
         self.method = ComboBox(label="method", choices=["adaptive threshold", "SVD clutter filter"])
         self.window = SpinBox(label="window (px, 0=auto)", value=0, min=0, max=1001)
-        self.sensitivity = FloatSpinBox(label="sensitivity", value=0.15, min=-1.0, max=5.0, step=0.05)
+        self.sensitivity = FloatSpinBox(label="sensitivity", value=2.0, min=0.0, max=20.0, step=0.05)
         self.cutoff = SpinBox(label="SVD cut-off (0=auto)", value=0, min=0, max=10000)
         self.extend([self.image, self.method, self.window, self.sensitivity, self.cutoff])
         self.finish_layout()

@@ -12,8 +12,8 @@ from ..tables import Localisations
 from ._base import StageWidget
 from ._layers import add_or_replace, frames_from_layer, points_kwargs, psf_from_layer
 
-#: Default thresholds per method (NCC score; deconvolution amplitude relative to the frame's maximum).
-DEFAULT_THRESHOLDS = {"ncc": 0.5, "decon": 0.1}
+#: Default thresholds per method: NCC score, deconvolution amplitude (frame intensity units).
+DEFAULT_THRESHOLDS = {"ncc": 0.3, "decon": 0.1}
 
 
 class LocaliseWidget(StageWidget):
@@ -39,7 +39,8 @@ class LocaliseWidget(StageWidget):
         def run():
             parts = []
             for start, stop, block in iter_blocks(frames, 32):
-                locs = localise(block, psf, method=method, threshold=threshold)
+                extra = {"absolute_threshold": True} if method == "decon" else {}
+                locs = localise(block, psf, method=method, threshold=threshold, **extra)
                 parts.append(locs.with_columns(frame=locs["frame"] + start))
                 yield Progress(stop, len(frames), f"localise ({method})")
             return Localisations.concat(parts)

@@ -35,7 +35,7 @@ class TrackWidget(StageWidget):
             parts = []
             n = int(locs["frame"].max()) + 1 if len(locs) else 0
             for start in range(0, n, 100):
-                parts.append(linker.add(locs.in_frames(start, start + 100)))
+                parts.append(linker.add(locs.in_frames(start, start + 100), last_frame=min(start + 100, n) - 1))
                 yield Progress(min(start + 100, n), n, "tracking")
             parts.append(linker.finish())
             return Tracks.concat(parts)

@@ -71,39 +71,59 @@ def _fine_kernel(psf, kernel: np.ndarray, u: int) -> tuple[np.ndarray, int, int]
 
 
 class _BlurSample:
-    """``A``: blur on the fine grid then sample every ``u``-th cell; and ``A^T``."""
+    """``A``: blur on the fine grid then sample every ``u``-th cell; and ``A^T``.
+
+    Works in the polyphase layout: the fine map ``x`` is kept as its ``u^2``
+    phase images ``x_ab[i, j] = x[i u + a, j u + b]`` (``pixel_unshuffle``),
+    and ``A x = sum_ab x_ab * g_ab`` with ``g_ab[n, m] = h[n u - a + cy,
+    m u - b + cx]`` the kernel's polyphase components.  All FFTs are then on the
+    zero-padded *pixel* grid, which costs about 2.5 fine-grid FFTs per FISTA
+    iteration instead of 4 (and beat strided 1-D convolutions on CPU).
+    """
 
     def __init__(self, h: np.ndarray, cy: int, cx: int, u: int, shape, device):
         self.u = u
         self.h, self.w = shape
-        self.hf, self.wf = shape[0] * u, shape[1] * u
-        self.cy, self.cx = cy, cx
         self.device = device
         self.kernel = h.astype(np.float64)
-        # Linear convolution by FFT on a padded fine grid: the padding (>= kernel
-        # size) keeps the circular wrap-around out of the cropped region.  Strided
-        # 1-D convolutions were measured slower than this on CPU (torch 2.13).
-        p = fast_len(self.hf + h.shape[0])
-        q = fast_len(self.wf + h.shape[1])
+        ny = (cy + u) // u + 1  # |n| <= ny covers the kernel support
+        nx = (cx + u) // u + 1
+        p = fast_len(self.h + 2 * ny + 1)
+        q = fast_len(self.w + 2 * nx + 1)
         self.size = (p, q)
-        kt = torch.zeros((p, q), dtype=torch.float32)
-        kt[: h.shape[0], : h.shape[1]] = torch.from_numpy(h)
-        kt = torch.roll(kt, shifts=(-cy, -cx), dims=(0, 1))
-        self.kf = torch.fft.rfft2(kt.to(device))
+        n = np.arange(-ny, ny + 1)
+        m = np.arange(-nx, nx + 1)
+        g = np.zeros((u * u, p, q), np.float32)
+        for a in range(u):
+            ia = n * u - a + cy
+            va = (ia >= 0) & (ia < h.shape[0])
+            for b in range(u):
+                ib = m * u - b + cx
+                vb = (ib >= 0) & (ib < h.shape[1])
+                vals = h[np.clip(ia, 0, h.shape[0] - 1)][:, np.clip(ib, 0, h.shape[1] - 1)]
+                vals = vals * (va[:, None] & vb[None, :])
+                g[a * u + b][np.ix_(n % p, m % q)] = vals
+        self.gf = torch.fft.rfft2(torch.from_numpy(g).to(device))  # (u^2, P, Q/2+1)
+
+    def to_phases(self, x_fine: torch.Tensor) -> torch.Tensor:
+        """``(B, uH, uW)`` -> ``(B, u^2, H, W)``."""
+        return F.pixel_unshuffle(x_fine[:, None], self.u)
+
+    def to_fine(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, u^2, H, W)`` -> ``(B, uH, uW)``."""
+        return F.pixel_shuffle(x, self.u)[:, 0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, uH, uW)`` -> ``(B, H, W)``."""
-        u = self.u
-        z = torch.fft.irfft2(torch.fft.rfft2(x, s=self.size) * self.kf, s=self.size)
-        return z[:, : self.hf : u, : self.wf : u]
+        """Phases ``(B, u^2, H, W)`` -> frames ``(B, H, W)``."""
+        xf = torch.fft.rfft2(x, s=self.size)
+        z = torch.fft.irfft2((xf * self.gf).sum(dim=1), s=self.size)
+        return z[:, : self.h, : self.w]
 
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        """``(B, H, W)`` -> ``(B, uH, uW)``."""
-        u = self.u
-        up = torch.zeros((r.shape[0], self.hf, self.wf), dtype=r.dtype, device=r.device)
-        up[:, ::u, ::u] = r
-        z = torch.fft.irfft2(torch.fft.rfft2(up, s=self.size) * self.kf.conj(), s=self.size)
-        return z[:, : self.hf, : self.wf]
+        """Frames ``(B, H, W)`` -> phases ``(B, u^2, H, W)``."""
+        rf = torch.fft.rfft2(r, s=self.size)
+        z = torch.fft.irfft2(rf[:, None] * self.gf.conj(), s=self.size)
+        return z[:, :, : self.h, : self.w]
 
     def lipschitz(self) -> float:
         """An upper bound of ``||A||^2``, tight for non-negative kernels.
@@ -121,7 +141,8 @@ class _BlurSample:
 
 def _fista(op: _BlurSample, y: torch.Tensor, lam_rel: float, n_iter: int, nonneg: bool, L: float):
     aty = op.adjoint(y)
-    ref = aty.amax(dim=(1, 2), keepdim=True) if nonneg else aty.abs().amax(dim=(1, 2), keepdim=True)
+    dims = (1, 2, 3)
+    ref = aty.amax(dim=dims, keepdim=True) if nonneg else aty.abs().amax(dim=dims, keepdim=True)
     thr = (lam_rel * ref.clamp_min(0)) / L
     x = torch.zeros_like(aty)
     z = x
@@ -135,7 +156,7 @@ def _fista(op: _BlurSample, y: torch.Tensor, lam_rel: float, n_iter: int, nonneg
         t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
         z = x_new + ((t - 1.0) / t_new) * (x_new - x)
         x, t = x_new, t_new
-    return x
+    return op.to_fine(x)
 
 
 def _prepare(frames, psf, upsampling):
@@ -286,9 +307,8 @@ def localise_decon(
             x = _fista(op, y, lam, int(n_iter), nonneg, L).clamp_min(0)
             xs = F.avg_pool2d(x[:, None], 2 * agg + 1, stride=1, padding=agg,
                               count_include_pad=True)[:, 0] * (2 * agg + 1) ** 2
-            floor = threshold if absolute_threshold else 0.0
-            # Keep weak candidates too; the relative threshold is applied at the end.
-            floor = max(floor, 1e-6 * float(xs.max()) if xs.numel() else 0.0)
+            # Keep weak candidates; the threshold is applied to the final amplitudes.
+            floor = 1e-6 * float(xs.max())
             f, py, px, _ = find_peaks(xs, floor, min_distance * u, max_peaks=None)
             if f.size == 0:
                 continue

@@ -48,7 +48,10 @@ def _window_sums(x: torch.Tensor, kh: int, kw: int, cy: int, cx: int):
         sat = torch.zeros((b, h + 1, w + 1), dtype=torch.float64, device=x.device)
         sat[:, 1:, 1:] = v.cumsum(1).cumsum(2)
         out.append(
-            sat[:, y1][:, :, x1] - sat[:, y0][:, :, x1] - sat[:, y1][:, :, x0] + sat[:, y0][:, :, x0]
+            sat[:, y1][:, :, x1]
+            - sat[:, y0][:, :, x1]
+            - sat[:, y1][:, :, x0]
+            + sat[:, y0][:, :, x0]
         )
     return out
 

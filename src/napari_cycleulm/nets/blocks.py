@@ -239,7 +239,9 @@ def pad_to_multiple(
         of the padded size.  Use :func:`scale_crop` for up-sampled outputs.
     """
     if x.ndim < 3:
-        raise CycleULMError(f"expected a (..., H, W) tensor with batch dims, got shape {tuple(x.shape)}.")
+        raise CycleULMError(
+            f"expected a (..., H, W) tensor with batch dims, got shape {tuple(x.shape)}."
+        )
     h, w = x.shape[-2:]
     if h < 1 or w < 1:
         raise CycleULMError(f"cannot process an empty image of size {h}x{w}.")

@@ -52,7 +52,7 @@ class Generator(nn.Module):
         self,
         in_channels: int,
         out_channels: int,
-        base_channels: int = 32,
+        base_channels: int = 16,
         *,
         norm: str = "instance",
         act: str = "relu",
@@ -98,7 +98,7 @@ class Discriminator(nn.Module):
     def __init__(
         self,
         in_channels: int,
-        base_channels: int = 32,
+        base_channels: int = 16,
         n_layers: int = 3,
         *,
         norm: str = "instance",
@@ -119,9 +119,26 @@ class Discriminator(nn.Module):
         layers.append(ConvNormAct(ch, nxt, 4, stride=1, padding=1, norm=norm, act="leaky"))
         layers.append(nn.Conv2d(nxt, 1, kernel_size=4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
+        self.n_layers = n_layers
+        self.min_size = next(s for s in range(2, 4096) if self._map_sizes(s)[-2] >= 2)
+
+    def _map_sizes(self, size: int) -> list[int]:
+        """Spatial size after every layer for an input of ``size``."""
+        sizes = []
+        for _ in range(self.n_layers):
+            size = size // 2  # 4x4, stride 2, padding 1
+            sizes.append(size)
+        sizes += [size - 1, size - 2]  # two 4x4 stride-1 convolutions, padding 1
+        return sizes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(N, C, H, W)`` -> ``(N, 1, h, w)`` patch scores (1 = real)."""
+        if min(x.shape[-2:]) < self.min_size:
+            raise CycleULMError(
+                f"the discriminator needs patches of at least {self.min_size}x{self.min_size} "
+                f"pixels with n_layers={self.n_layers}, got {tuple(x.shape[-2:])}; use larger "
+                "patches or fewer layers."
+            )
         return self.model(x)
 
 
@@ -155,8 +172,8 @@ class MBDT(nn.Module):
         self,
         ceus_channels: int = 3,
         mb_channels: int = 1,
-        base_channels: int = 32,
-        disc_channels: int = 32,
+        base_channels: int = 16,
+        disc_channels: int = 16,
         disc_layers: int = 3,
         norm: str = "instance",
         output_activation: str = "softplus",

@@ -69,7 +69,7 @@ class MBLNet(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int = 1, base_channels: int = 32, norm: str = "none", act: str = "leaky"
+        self, in_channels: int = 1, base_channels: int = 16, norm: str = "none", act: str = "leaky"
     ) -> None:
         super().__init__()
         self.config = dict(
@@ -107,9 +107,10 @@ def split_outputs(out: torch.Tensor) -> dict[str, torch.Tensor]:
     Returns
     -------
     dict
-        ``p_logit`` (N, 1, H, W), ``prob`` (sigmoid of it), ``means``
-        (N, 3, H, W: intensity, dy, dx), ``sigmas`` (N, 3, H, W: s_int, s_y, s_x),
-        and every channel of :data:`CHANNELS` as (N, H, W).
+        ``p_logit`` (N, 1, H, W), ``prob`` (sigmoid of it, N, 1, H, W),
+        ``means`` (N, 3, H, W: intensity, dy, dx), ``sigmas`` (N, 3, H, W:
+        s_int, s_y, s_x), and the other channels of :data:`CHANNELS`
+        (``intensity``, ``dy``, ``dx``, ``s_int``, ``s_y``, ``s_x``) as (N, H, W).
     """
     if out.ndim != 4 or out.shape[1] != len(CHANNELS):
         raise CycleULMError(

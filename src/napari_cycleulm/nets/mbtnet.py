@@ -44,7 +44,10 @@ class ConvLSTMCell(nn.Module):
             raise CycleULMError(f"ConvLSTM kernel_size must be odd, got {kernel_size}.")
         self.hidden_channels = hidden_channels
         self.gates = nn.Conv2d(
-            in_channels + hidden_channels, 4 * hidden_channels, kernel_size, padding=kernel_size // 2
+            in_channels + hidden_channels,
+            4 * hidden_channels,
+            kernel_size,
+            padding=kernel_size // 2,
         )
         # Forget-gate bias 1 (Jozefowicz et al. 2015): remember by default early in training.
         with torch.no_grad():
