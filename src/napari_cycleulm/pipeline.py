@@ -13,6 +13,35 @@ Pipelines (the paper's names)
     Bradley-Roth adaptive thresholding + NCC localisation + tracking.
 ``baseline2``
     Bradley-Roth adaptive thresholding + sparsity-based deconvolution + tracking.
+``cycleulm-ncc``
+    MB-DT translation to the MB-only domain + NCC (MB-only PSF) + tracking.
+``cycleulm-decon``
+    MB-DT + deconvolution (MB-only PSF) + tracking.
+``cycleulm-loc``
+    MB-DT + MBL-Net + tracking.
+``cycleulm-e2e``
+    MB-DT + MBT-Net: trajectory and velocity maps accumulated into SR maps
+    (:class:`~napari_cycleulm.e2e.E2EAccumulator`); no localisations or tracks.
+
+The CycleULM pipelines take their networks as ``mbdt=``, ``mblnet=``,
+``mbtnet=`` (None / ``"default"`` for the shipped weights, a checkpoint path
+or a loaded :class:`~napari_cycleulm.checkpoint.Checkpoint`).  MB-DT runs
+block by block with the neighbouring frame of the adjacent block as context,
+so results do not depend on ``block_size``.  NCC and deconvolution on MB-only
+frames use the MB-only PSF ``psf.mbonly()`` (the CEUS PSF shrunk by 0.5).
+
+Default thresholds of the CycleULM pipelines (provisional)
+-----------------------------------------------------------
+Chosen from the MB-only intensity convention (bubble peaks 0.1-1, background
+~0) before trained default MB-DT weights existed; to be re-checked on
+simulated data once they do:
+
+* ``cycleulm-ncc`` 0.5 (NCC score): a clean MB-only bubble matches the
+  MB-only template with NCC > 0.9; residual background has little structure.
+* ``cycleulm-decon`` 0.05 (amplitude, MB-only units): half the faintest
+  trained bubble intensity (0.1).
+* ``cycleulm-loc`` 0.5 (3x3 summed probability): more likely a bubble than not.
+* ``cycleulm-e2e`` 0.5 (trajectory probability a pixel must reach to count).
 
 Matched localisation counts
 ---------------------------
@@ -54,12 +83,23 @@ class PipelineSpec:
     """What a named pipeline does at each stage."""
 
     name: str
-    denoise: str  # "threshold" | "none"
-    localise: str  # "ncc" | "decon"
+    denoise: str  # "threshold" | "none" | "mbdt"
+    localise: str  # "ncc" | "decon" | "mblnet" | "e2e"
     description: str
-    #: Default localisation threshold: NCC score, or deconvolution amplitude in
-    #: normalised intensity units (the run's 99.9th percentile is 1).
+    #: Default threshold: NCC score, deconvolution amplitude in normalised
+    #: intensity units (the run's 99.9th percentile is 1; MB-only units after
+    #: MB-DT), MBL-Net summed probability, or MBT-Net trajectory probability.
     threshold: float
+
+    @property
+    def networks(self) -> tuple[str, ...]:
+        """Checkpoint kinds this pipeline needs."""
+        nets = ("mbdt",) if self.denoise == "mbdt" else ()
+        if self.localise == "mblnet":
+            nets += ("mblnet",)
+        if self.localise == "e2e":
+            nets += ("mbtnet",)
+        return nets
 
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -69,7 +109,20 @@ PIPELINES: dict[str, PipelineSpec] = {
     "baseline2": PipelineSpec(
         "baseline2", "threshold", "decon", "adaptive thresholding + deconvolution + tracking", 0.1
     ),
+    "cycleulm-ncc": PipelineSpec(
+        "cycleulm-ncc", "mbdt", "ncc", "MB-DT + NCC (MB-only PSF) + tracking", 0.5
+    ),
+    "cycleulm-decon": PipelineSpec(
+        "cycleulm-decon", "mbdt", "decon", "MB-DT + deconvolution (MB-only PSF) + tracking", 0.05
+    ),
+    "cycleulm-loc": PipelineSpec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking", 0.5),
+    "cycleulm-e2e": PipelineSpec(
+        "cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)", 0.5
+    ),
 }
+
+#: Value of ``PipelineResult.outputs["localisations"]`` / ``["tracks"]`` for E2E runs.
+E2E_NO_TABLES = "not produced: cycleulm-e2e makes SR maps from MBT-Net, without localisations or tracks"
 
 
 @dataclass
@@ -166,6 +219,25 @@ def _stage_localise(block: np.ndarray, psf: PSF, spec: PipelineSpec, params: dic
     return localise(block, psf, method=spec.localise, **params)
 
 
+def _load_networks(spec: PipelineSpec, sources: dict, device) -> dict:
+    """Load the checkpoints a pipeline needs (clear errors for missing weights)."""
+    from .models import load_model
+
+    return {kind: load_model(kind, sources.get(kind), device) for kind in spec.networks}
+
+
+def _describe_checkpoint(ckpt) -> dict:
+    return {"path": None if ckpt.path is None else str(ckpt.path), "step": ckpt.step, "config": ckpt.config}
+
+
+def _best_first(locs: Localisations) -> np.ndarray:
+    """Order of candidates by decreasing score, ties broken by decreasing intensity."""
+    keys = [-np.asarray(locs["score"], np.float64)]
+    if "intensity" in locs:
+        keys.insert(0, -np.asarray(locs["intensity"], np.float64))
+    return np.lexsort(keys)
+
+
 def iter_pipeline(
     stack,
     pipeline: str = "baseline1",
@@ -183,6 +255,9 @@ def iter_pipeline(
     out_dir: str | Path | None = None,
     keep_tables: bool | None = None,
     device: str | None = None,
+    mbdt=None,
+    mblnet=None,
+    mbtnet=None,
 ) -> Generator[Progress, None, PipelineResult]:
     """Run a named pipeline, yielding progress; the generator returns a :class:`PipelineResult`.
 
@@ -194,17 +269,25 @@ def iter_pipeline(
         One of :data:`PIPELINES`.
     psf : PSF, "auto" or None
         PSF of the CEUS data.  ``"auto"`` estimates it from isolated bubbles of
-        the first block.
+        the first block.  The CycleULM pipelines localise with its MB-only
+        version ``psf.mbonly()`` and compare that with the range the networks
+        were trained on (a ``UserWarning`` when outside);
+        ``cycleulm-loc`` / ``cycleulm-e2e`` accept None (no check).
     block_size : int
         Frames per block; memory grows with it, not with the acquisition.
     threshold : float, optional
-        Localisation threshold: NCC score, or deconvolution amplitude in
-        normalised intensity units; the pipeline's default when ``None``
+        Localisation threshold: NCC score, deconvolution amplitude in
+        normalised intensity units, MBL-Net summed probability, or (E2E) the
+        trajectory probability; the pipeline's default when ``None``
         (:attr:`PipelineSpec.threshold`).
     target_count : int, optional
-        Keep exactly the N best localisations of the acquisition (see module notes).
+        Keep exactly the N best localisations of the acquisition (see module
+        notes; not for ``cycleulm-e2e``).
     denoise_params, localise_params, track_params : dict, optional
-        Passed to :func:`preprocess.adaptive_threshold`, the localiser and
+        Passed to :func:`preprocess.adaptive_threshold` (baselines) or
+        :func:`translate.translate` (CycleULM, e.g. ``batch_size``), the
+        localiser (for E2E: ``stride``, ``pad_last`` of
+        :class:`~napari_cycleulm.e2e.E2EAccumulator` and ``batch_size``) and
         :class:`track.Linker`.
     upsampling : int
         SR grid factor (4 gives pixels a quarter of the CEUS pixel).
@@ -214,12 +297,22 @@ def iter_pipeline(
         Write ``localisations.csv``, ``tracks.csv``, ``sr_density.tif``,
         ``sr_velocity.tif``, ``sr_direction.tif``, ``sr_count.tif``,
         ``power_doppler.tif``, ``preview.png`` and ``run.json``; tables are
-        streamed to disk.  Files appear only when the run completes.
+        streamed to disk (E2E writes no tables).  Files appear only when the
+        run completes.
     keep_tables : bool, optional
         Keep localisations and tracks in memory (default: only without ``out_dir``).
     device : str, optional
-        Torch device for the localisers (default: CUDA when present).
+        Torch device for the localisers and networks (default: CUDA when present).
+    mbdt, mblnet, mbtnet : None, "default", path or Checkpoint
+        Networks of the CycleULM pipelines (default: the shipped weights).
+
+    Raises
+    ------
+    CycleULMError
+        Bad arguments, missing default weights, unreadable or wrong checkpoints.
     """
+    import warnings
+
     if pipeline not in PIPELINES:
         raise CycleULMError(
             f"unknown pipeline {pipeline!r}; choose one of {sorted(PIPELINES)}."
@@ -229,6 +322,12 @@ def iter_pipeline(
         raise CycleULMError(f"block_size must be >= 1, got {block_size}.")
     if target_count is not None and target_count < 1:
         raise CycleULMError(f"target_count must be a positive number, got {target_count}.")
+    e2e = spec.localise == "e2e"
+    if e2e and target_count is not None:
+        raise CycleULMError(
+            "target_count does not apply to cycleulm-e2e, which produces no localisations; "
+            "leave it unset or use cycleulm-loc."
+        )
     if upsampling < 1:
         raise CycleULMError(f"upsampling must be >= 1, got {upsampling}.")
     n_frames = len(stack)
@@ -246,6 +345,13 @@ def iter_pipeline(
         localise_params.setdefault("device", device)
     localise_params["threshold"] = spec.threshold if threshold is None else threshold
     timer = _Timer()
+
+    # Networks first: a missing or broken checkpoint is reported before any work.
+    t0 = time.perf_counter()
+    nets = _load_networks(spec, {"mbdt": mbdt, "mblnet": mblnet, "mbtnet": mbtnet}, device)
+    if nets:
+        timer.add("load models", t0)
+
     # The first frames calibrate the run: automatic PSF and intensity scale.
     calibration = ulm_io.read_block(stack, 0, min(n_frames, CALIBRATION_FRAMES))
 
@@ -258,7 +364,17 @@ def iter_pipeline(
         t0 = time.perf_counter()
         psf = estimate_psf_auto(calibration, pixel_size_um=pixel_size_um).psf
         timer.add("psf", t0)
-    psf = _check_psf(psf)
+    if not (psf is None and spec.localise in ("mblnet", "e2e")):
+        psf = _check_psf(psf)
+    mb_psf = psf.mbonly() if (psf is not None and spec.denoise == "mbdt") else None
+    loc_psf = mb_psf if spec.denoise == "mbdt" else psf
+    if mb_psf is not None:
+        from .models import check_psf_in_range
+
+        for ckpt in nets.values():
+            msg = check_psf_in_range(mb_psf, ckpt)
+            if msg:
+                warnings.warn(msg, UserWarning, stacklevel=2)
     if spec.localise == "decon":
         # Blocks must share one threshold: amplitudes in normalised intensity units.
         localise_params.setdefault("absolute_threshold", True)
@@ -267,6 +383,17 @@ def iter_pipeline(
     # the block size), so that absolute thresholds mean the same in every block.
     scale = _intensity_scale(calibration)
     del calibration
+
+    def psf_params(p):
+        if p is None:
+            return None
+        return {
+            "sigma_y_px": p.sigma_y_px,
+            "sigma_x_px": p.sigma_x_px,
+            "theta_rad": p.theta_rad,
+            "fwhm_y_px": p.fwhm_y_px,
+            "fwhm_x_px": p.fwhm_x_px,
+        }
 
     params = {
         "pipeline": pipeline,
@@ -281,25 +408,63 @@ def iter_pipeline(
         "intensity_scale": scale,
         "pixel_size_um": pixel_size_um,
         "frame_rate_hz": frame_rate_hz,
-        "psf": {
-            "sigma_y_px": psf.sigma_y_px,
-            "sigma_x_px": psf.sigma_x_px,
-            "theta_rad": psf.theta_rad,
-            "fwhm_y_px": psf.fwhm_y_px,
-            "fwhm_x_px": psf.fwhm_x_px,
-        },
+        "psf": psf_params(psf),
     }
+    if spec.denoise == "mbdt":
+        params["mbonly_psf"] = psf_params(mb_psf)
+        params["models"] = {k: _describe_checkpoint(c) for k, c in nets.items()}
+
+    e2e_acc = None
+    if e2e:
+        from .e2e import E2EAccumulator
+
+        e2e_add = {k: localise_params.pop(k) for k in ("batch_size", "device") if k in localise_params}
+        e2e_kw = {k: localise_params.pop(k) for k in ("stride", "pad_last") if k in localise_params}
+        e2e_acc = E2EAccumulator(
+            shape[1:], upsampling, prob_threshold=localise_params.pop("threshold"), **e2e_kw
+        )
+        if localise_params:
+            raise CycleULMError(
+                f"unknown localise_params for cycleulm-e2e: {sorted(localise_params)}; "
+                "use stride, pad_last or batch_size."
+            )
+    elif spec.localise == "mblnet":
+        localise_params["model"] = nets["mblnet"]
+    mblnet_context = spec.localise == "mblnet" and int(nets["mblnet"].config.get("in_channels", 1)) == 3
+
+    def translate_block(block, before, after):
+        from .translate import translate
+
+        return translate(block, nets["mbdt"], scale=1.0, before=before, after=after, **denoise_params)
 
     def localise_blocks() -> Generator[Progress, None, None]:
         """Yield (start, stop, localisations) after denoising and localising each block."""
+        prev_raw = prev_mb = None  # last (scaled) CEUS / MB-only frame of the previous block
         for start, stop, block in ulm_io.iter_blocks(stack, block_size):
             t0 = time.perf_counter()
             block = block * scale
-            den = _stage_denoise(block, spec, psf, denoise_params)
+            extra = {}
+            if spec.denoise == "mbdt":
+                nxt = ulm_io.read_block(stack, stop, min(n_frames, stop + 2)) * scale
+                den = translate_block(block, prev_raw, nxt[0] if len(nxt) else None)
+                if mblnet_context:
+                    # The next MB-only frame, so 3-frame MBL-Nets see true neighbours.
+                    after = None
+                    if len(nxt):
+                        after = translate_block(nxt[:1], block[-1], nxt[1] if len(nxt) > 1 else None)[0]
+                    extra = {"before": prev_mb, "after": after}
+                prev_raw, prev_mb = block[-1], den[-1]
+            else:
+                den = _stage_denoise(block, spec, psf, denoise_params)
             timer.add("denoise", t0)
             t0 = time.perf_counter()
-            locs = _stage_localise(den, psf, spec, localise_params)
-            timer.add("localise", t0)
+            if e2e:
+                e2e_acc.add(den, nets["mbtnet"], **e2e_add)
+                locs = Localisations()
+                timer.add("e2e", t0)
+            else:
+                locs = _stage_localise(den, loc_psf, spec, {**localise_params, **extra})
+                timer.add("localise", t0)
             if len(locs):
                 locs = locs.with_columns(frame=locs["frame"] + start)
             pd_sum[:] += (np.asarray(block, np.float64) ** 2).sum(axis=0) / scale**2
@@ -320,12 +485,13 @@ def iter_pipeline(
         loc_writer = track_writer = None
         if out is not None:
             out.mkdir(parents=True, exist_ok=True)
-            loc_writer = stack_ctx.enter_context(
-                TableWriter(out / "localisations.csv", table_type=Localisations)
-            )
-            track_writer = stack_ctx.enter_context(
-                TableWriter(out / "tracks.csv", table_type=Tracks)
-            )
+            if not e2e:
+                loc_writer = stack_ctx.enter_context(
+                    TableWriter(out / "localisations.csv", table_type=Localisations)
+                )
+                track_writer = stack_ctx.enter_context(
+                    TableWriter(out / "tracks.csv", table_type=Tracks)
+                )
 
         def consume_tracks(tracks: Tracks) -> None:
             nonlocal n_tracks
@@ -355,7 +521,10 @@ def iter_pipeline(
             timer.add("track", t0)
             consume_tracks(finished)
 
-        if target_count is None:
+        if e2e:
+            for start, stop, _ in localise_blocks():
+                yield Progress(stop, n_frames, "MB-DT + MBT-Net")
+        elif target_count is None:
             for start, stop, locs in localise_blocks():
                 consume_locs(locs, stop - 1)
                 yield Progress(stop, n_frames, "localise + track")
@@ -367,14 +536,12 @@ def iter_pipeline(
             allc = Localisations.concat(candidates)
             del candidates
             if len(allc) < target_count:
-                import warnings
-
                 warnings.warn(
                     f"only {len(allc)} candidate localisations for target_count={target_count}; "
                     "lower the threshold to reach the target.",
                     stacklevel=2,
                 )
-            keep = np.argsort(-allc["score"], kind="stable")[:target_count]
+            keep = _best_first(allc)[:target_count] if len(allc) else np.zeros(0, np.int64)
             allc = allc.select(np.sort(keep)).sort("frame")
             params["matched_score_cut"] = float(allc["score"].min()) if len(allc) else None
             for start in range(0, n_frames, block_size):
@@ -385,12 +552,23 @@ def iter_pipeline(
         consume_tracks(linker.finish())
         timer.add("track", t0)
 
-        maps = renderer.result(pixel_size_um=pixel_size_um, frame_rate_hz=frame_rate_hz)
+        if e2e:
+            t0 = time.perf_counter()
+            maps = e2e_acc.result(pixel_size_um=pixel_size_um, frame_rate_hz=frame_rate_hz)
+            timer.add("e2e", t0)
+            params["e2e"] = {
+                "windows": e2e_acc.n_windows,
+                "window_frames": e2e_acc.window,
+                "stride": e2e_acc.stride or e2e_acc.window,
+                "prob_threshold": e2e_acc.prob_threshold,
+            }
+        else:
+            maps = renderer.result(pixel_size_um=pixel_size_um, frame_rate_hz=frame_rate_hz)
         power_doppler = (pd_sum / n_frames).astype(np.float32)
         result = PipelineResult(
             pipeline=pipeline,
-            localisations=Localisations.concat(loc_parts) if keep_tables else None,
-            tracks=Tracks.concat(track_parts) if keep_tables else None,
+            localisations=Localisations.concat(loc_parts) if keep_tables or e2e else None,
+            tracks=Tracks.concat(track_parts) if keep_tables or e2e else None,
             maps=maps,
             power_doppler=power_doppler,
             n_frames=n_frames,
@@ -401,8 +579,12 @@ def iter_pipeline(
         )
         if out is not None:
             result.outputs = write_maps(result, out)
-            result.outputs["localisations"] = str(out / "localisations.csv")
-            result.outputs["tracks"] = str(out / "tracks.csv")
+            if e2e:
+                result.outputs["localisations"] = E2E_NO_TABLES
+                result.outputs["tracks"] = E2E_NO_TABLES
+            else:
+                result.outputs["localisations"] = str(out / "localisations.csv")
+                result.outputs["tracks"] = str(out / "tracks.csv")
             write_text_atomic(out / "run.json", json.dumps(result.summary(), indent=2, default=str))
     return result
 

@@ -1,9 +1,10 @@
-"""Conventional microbubble localisation: NCC template matching and sparse deconvolution.
+"""Microbubble localisation: NCC template matching, sparse deconvolution, MBL-Net.
 
-:func:`localise` dispatches to :func:`~.ncc.localise_ncc` (``method="ncc"``)
-or :func:`~.decon.localise_decon` (``method="decon"``).  Both return
-:class:`~napari_cycleulm.tables.Localisations` with columns
-``frame, y, x, intensity, score`` in pixels.
+:func:`localise` dispatches to :func:`~.ncc.localise_ncc` (``method="ncc"``),
+:func:`~.decon.localise_decon` (``method="decon"``) or
+:func:`~.mblnet.localise_mblnet` (``method="mblnet"``, on MB-only frames; takes
+``model=``).  All return :class:`~napari_cycleulm.tables.Localisations` with
+columns ``frame, y, x, intensity, score`` in pixels.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 from ..errors import CycleULMError
 from ..tables import Localisations
 from .decon import deconvolve, localise_decon
+from .mblnet import localise_mblnet
 from .ncc import localise_ncc, ncc_maps
 from .peaks import SUBPIXEL_METHODS, find_peaks, refine_subpixel
 
@@ -21,13 +23,14 @@ __all__ = [
     "find_peaks",
     "localise",
     "localise_decon",
+    "localise_mblnet",
     "localise_ncc",
     "ncc_maps",
     "refine_subpixel",
 ]
 
 #: Localisation methods understood by :func:`localise`.
-METHODS = ("ncc", "decon")
+METHODS = ("ncc", "decon", "mblnet")
 
 
 def localise(frames, psf, method: str = "ncc", **kw) -> Localisations:
@@ -38,11 +41,13 @@ def localise(frames, psf, method: str = "ncc", **kw) -> Localisations:
     frames : array_like
         ``(T, H, W)`` stack or ``(H, W)`` image.
     psf : PSF or array_like
-        PSF model or 2-D kernel.
-    method : {"ncc", "decon"}
-        Normalised cross-correlation or sparsity-based deconvolution.
+        PSF model or 2-D kernel (not used by ``"mblnet"``; may be None).
+    method : {"ncc", "decon", "mblnet"}
+        Normalised cross-correlation, sparsity-based deconvolution, or MBL-Net
+        (MB-only frames; pass ``model=``, see :func:`~.mblnet.localise_mblnet`).
     **kw
-        Passed to :func:`~.ncc.localise_ncc` or :func:`~.decon.localise_decon`.
+        Passed to :func:`~.ncc.localise_ncc`, :func:`~.decon.localise_decon`
+        or :func:`~.mblnet.localise_mblnet`.
 
     Returns
     -------
@@ -58,4 +63,6 @@ def localise(frames, psf, method: str = "ncc", **kw) -> Localisations:
         return localise_ncc(frames, psf, **kw)
     if name in ("decon", "deconvolution"):
         return localise_decon(frames, psf, **kw)
+    if name == "mblnet":
+        return localise_mblnet(frames, **kw)
     raise CycleULMError(f"unknown localisation method {method!r}; choose one of {METHODS}.")

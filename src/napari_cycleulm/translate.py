@@ -1,0 +1,186 @@
+"""MB-DT inference: CEUS frames -> MB-only frames (paper 1.1, 3.2).
+
+The MB-DT generator ``G_AB`` maps three consecutive CEUS frames
+``(t-1, t, t+1)`` to the MB-only frame ``t``.  The first and last frames of
+an acquisition have no neighbour on one side; the missing frame is replaced
+by the edge frame itself (edge replication).  Inside a streamed acquisition
+the neighbours come from the adjacent blocks, so :func:`iter_translate` gives
+exactly the frames of one :func:`translate` call on the whole stack.
+
+Intensity convention: the CEUS input is multiplied by ``scale`` so that the
+99.9th percentile of the data is 1 (what the network was trained on); the
+MB-only output lives in ``[0, ~1]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from . import io as ulm_io
+from .arrays import as_frames, as_image
+from .errors import CycleULMError
+from .models import resolve_network
+
+__all__ = ["translate", "iter_translate", "intensity_scale"]
+
+
+def intensity_scale(frames, percentile: float = 99.9) -> float:
+    """Factor mapping the ``percentile`` of ``frames`` to 1 (see ``pipeline._intensity_scale``)."""
+    from .pipeline import _intensity_scale
+
+    return _intensity_scale(np.asarray(frames), percentile)
+
+
+def _check_scale(scale) -> float:
+    ok = isinstance(scale, (int, float, np.number)) and not isinstance(scale, bool)
+    if not ok or not np.isfinite(scale) or scale <= 0:
+        raise CycleULMError(f"scale must be a positive number, got {scale!r}.")
+    return float(scale)
+
+
+def _check_batch(batch_size) -> int:
+    if int(batch_size) != batch_size or batch_size < 1:
+        raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+    return int(batch_size)
+
+
+def _run_translator(net, frames: np.ndarray, before, after, batch_size: int, dev) -> np.ndarray:
+    """Apply the translator to scaled frames with given (already scaled) neighbours."""
+    t, h, w = frames.shape
+    padded = np.concatenate([before[None], frames, after[None]], axis=0)
+    src = torch.from_numpy(np.ascontiguousarray(padded))
+    out = np.empty((t, h, w), np.float32)
+    fwd = net.translate if hasattr(net, "translate") else net
+    with torch.inference_mode():
+        for s in range(0, t, batch_size):
+            e = min(t, s + batch_size)
+            x = torch.stack([src[s:e], src[s + 1 : e + 1], src[s + 2 : e + 2]], dim=1).to(dev)
+            y = fwd(x)
+            if y.ndim != 4 or y.shape[0] != e - s or y.shape[-2:] != (h, w):
+                raise CycleULMError(
+                    f"the MB-DT model returned shape {tuple(y.shape)} for input "
+                    f"{tuple(x.shape)}; expected ({e - s}, 1, {h}, {w})."
+                )
+            out[s:e] = y[:, 0].clamp_min(0).float().cpu().numpy()
+    return out
+
+
+def translate(
+    frames,
+    model=None,
+    *,
+    scale: float | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+    before=None,
+    after=None,
+) -> np.ndarray:
+    """Translate CEUS frames to MB-only frames with MB-DT.
+
+    Parameters
+    ----------
+    frames : array_like
+        ``(T, H, W)`` CEUS envelope frames (any size: the network pads internally).
+    model : None, "default", path, Checkpoint or torch.nn.Module
+        The MB-DT (see :mod:`napari_cycleulm.models`); a module is called on
+        ``(N, 3, H, W)`` (its ``translate`` method when it has one).
+    scale : float, optional
+        Intensity factor applied to the frames (and to ``before`` / ``after``)
+        before the network; default: the one that maps the 99.9th percentile
+        of ``frames`` to 1.  Streaming callers pass one run-wide value.
+    batch_size : int
+        Frames translated together.
+    device : str or torch.device, optional
+        Torch device (default: the model's, CUDA when available).
+    before, after : array_like, optional
+        ``(H, W)`` CEUS frames just before the first and after the last
+        frame (the neighbours in a longer acquisition); the edge frame is
+        replicated when missing.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(T, H, W)`` MB-only frames, >= 0.
+
+    Raises
+    ------
+    CycleULMError
+        On bad frames, bad neighbours, a bad scale or a missing / wrong model.
+    """
+    arr = as_frames(frames, name="frames")
+    batch_size = _check_batch(batch_size)
+    scale = intensity_scale(arr) if scale is None else _check_scale(scale)
+    nb = []
+    for name, img, edge in (("before", before, arr[0]), ("after", after, arr[-1])):
+        if img is None:
+            nb.append(edge * scale)
+            continue
+        img = as_image(img)
+        if img.shape != arr.shape[1:]:
+            raise CycleULMError(
+                f"{name} must be one ({arr.shape[1]}, {arr.shape[2]}) frame, got shape {img.shape}."
+            )
+        nb.append(img * scale)
+    net, dev, _ = resolve_network("mbdt", model, device)
+    return _run_translator(net, arr * np.float32(scale), nb[0], nb[1], batch_size, dev)
+
+
+def iter_translate(
+    stack,
+    model=None,
+    *,
+    block_size: int = 64,
+    scale: float | None = None,
+    batch_size: int = 8,
+    device: str | torch.device | None = None,
+) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Translate a stack block by block, with each block's neighbours taken from the next/previous block.
+
+    Parameters
+    ----------
+    stack : array_like or io.LazyStack
+        ``(T, H, W)`` CEUS frames; read one block at a time.
+    model
+        As in :func:`translate` (loaded once).
+    block_size : int
+        Frames per block.
+    scale : float, optional
+        Run-wide intensity factor; default from the first
+        ``pipeline.CALIBRATION_FRAMES`` (100) frames, so equal to
+        :func:`translate`'s default for shorter stacks.
+    batch_size, device
+        As in :func:`translate`.
+
+    Yields
+    ------
+    (int, int, numpy.ndarray)
+        ``start``, ``stop`` and the float32 ``(stop - start, H, W)`` MB-only
+        frames, identical to ``translate(stack, scale=scale)[start:stop]``.
+    """
+    from .pipeline import CALIBRATION_FRAMES
+
+    if int(block_size) != block_size or block_size < 1:
+        raise CycleULMError(f"block_size must be a whole number >= 1, got {block_size}.")
+    batch_size = _check_batch(batch_size)
+    shape = tuple(int(s) for s in np.shape(stack)) if not hasattr(stack, "shape") else tuple(
+        int(s) for s in stack.shape
+    )
+    if len(shape) != 3 or shape[0] == 0:
+        raise CycleULMError(
+            f"the input must be a (frames, height, width) stack with at least one frame, got shape {shape}."
+        )
+    n = shape[0]
+    if scale is None:
+        scale = intensity_scale(ulm_io.read_block(stack, 0, min(n, CALIBRATION_FRAMES)))
+    scale = np.float32(_check_scale(scale))
+    net, dev, _ = resolve_network("mbdt", model, device)
+    prev = None
+    for start, stop, block in ulm_io.iter_blocks(stack, block_size):
+        block = block * scale
+        before = block[0] if prev is None else prev
+        after = ulm_io.read_block(stack, stop, stop + 1)[0] * scale if stop < n else block[-1]
+        yield start, stop, _run_translator(net, block, before, after, batch_size, dev)
+        prev = block[-1]
