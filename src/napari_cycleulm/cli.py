@@ -152,6 +152,9 @@ def cmd_run(args) -> int:
             frame_rate_hz=fr,
             out_dir=args.out,
             device=args.device,
+            mbdt=args.mbdt,
+            mblnet=args.mblnet,
+            mbtnet=args.mbtnet,
         ),
         desc=args.pipeline,
         disable=args.quiet,
@@ -163,6 +166,130 @@ def cmd_run(args) -> int:
     )
     for name, p in result.outputs.items():
         print(f"  {name}: {p}")
+    return 0
+
+
+def _iter_translate_to_tiff(stack, model, out: Path, block_size: int, device):
+    """Progress generator: translate ``stack`` block by block into a TIFF written page by page."""
+    import tifffile
+
+    from ._atomic import atomic_path
+    from .checkpoint import Checkpoint
+    from .models import load_model
+    from .progress import Progress
+    from .translate import iter_translate
+
+    ckpt = model if isinstance(model, Checkpoint) else load_model("mbdt", model, device)
+    n = len(stack)
+    yield Progress(0, n, "MB-DT")
+    with atomic_path(out) as tmp, tifffile.TiffWriter(tmp, bigtiff=stack.nbytes > 2**31) as tif:
+        for start, stop, mb in iter_translate(stack, ckpt, block_size=block_size, device=device):
+            for frame in mb:
+                tif.write(frame, contiguous=True, photometric="minisblack")
+            yield Progress(stop, n, "MB-DT")
+    return ckpt
+
+
+def cmd_translate(args) -> int:
+    from .io import read_stack
+    from .progress import drive_with_bar
+
+    out = Path(args.out)
+    if out.suffix.lower() not in (".tif", ".tiff"):
+        raise CycleULMError(f"--out must be a .tif or .tiff file, got {str(out)!r}.")
+    if args.block_size < 1:
+        raise CycleULMError(f"--block-size must be >= 1, got {args.block_size}.")
+    from .models import load_model
+
+    stack = read_stack(Path(args.input), lazy=True)
+    t0 = time.perf_counter()
+    ckpt = load_model("mbdt", args.mbdt, args.device)  # errors before the progress bar
+    ckpt = drive_with_bar(
+        _iter_translate_to_tiff(stack, ckpt, out, args.block_size, args.device),
+        desc="translate", disable=args.quiet,
+    )
+    elapsed = time.perf_counter() - t0
+    n = len(stack)
+    print(f"translated {n} frames to the MB-only domain with {ckpt.path} in {elapsed:.1f} s "
+          f"({n / max(elapsed, 1e-9):.1f} frames/s)")
+    print(f"  written to {out}")
+    return 0
+
+
+def _psf_arg(value: str, frames=None, pixel_size_um=None):
+    """A PSF from 'auto' (estimated on the first frames) or a PSF JSON file."""
+    from .psf import PSF, estimate_psf_auto
+
+    if value == "auto":
+        if frames is None:
+            raise CycleULMError("--psf auto needs an input stack; pass a PSF JSON from `cycleulm psf`.")
+        return estimate_psf_auto(frames[: min(len(frames), 100)], pixel_size_um=pixel_size_um).psf
+    return PSF.from_json(value)
+
+
+def _report_training(kind: str, result, desc: str) -> None:
+    losses = {k: v[-1] for k, v in result.history.items() if isinstance(v, list) and v and k != "step"}
+    shown = ", ".join(f"{k} {float(v):.4g}" for k, v in list(losses.items())[:6] if isinstance(v, (int, float)))
+    print(f"{desc}: {result.steps_done} steps in {result.seconds:.1f} s" + (f" (last {shown})" if shown else ""))
+    print(f"  written to {result.checkpoint_path}")
+
+
+def cmd_train(args) -> int:
+    from .progress import drive_with_bar
+
+    try:
+        from . import train
+    except ImportError as exc:  # pragma: no cover - train.py ships with the package
+        raise CycleULMError(f"training is not available in this installation ({exc}).") from exc
+    out = Path(args.out)
+    if args.steps is not None and args.steps < 1:
+        raise CycleULMError(f"--steps must be >= 1, got {args.steps}.")
+    steps = {} if args.steps is None else {"steps": args.steps}
+    if args.network == "mbdt":
+        from .io import read_stack
+
+        if args.input is None:
+            raise CycleULMError("`cycleulm train mbdt` needs the CEUS stack to train on (INPUT).")
+        path = Path(args.input)
+        frames = read_stack(path)
+        px, _ = _resolve_units(args, path)
+        psf = _psf_arg(args.psf or "auto", frames, px)
+        roi = None
+        if args.roi:
+            from .roi import roi_from_csv
+
+            roi = roi_from_csv(args.roi)
+        init_arg = args.init or "default"
+        init = None if init_arg.lower() == "none" else init_arg
+        gen = train.iter_train_mbdt(
+            frames, psf, roi_mask=roi, init=init, out=out, device=args.device, **steps
+        )
+        desc = f"MB-DT on {path.name} (CEUS PSF FWHM {psf.fwhm_y_px:.2f} x {psf.fwhm_x_px:.2f} px)"
+    else:
+        if args.input is not None:
+            raise CycleULMError(
+                f"`cycleulm train {args.network}` trains on synthetic MB-only data and takes no "
+                "INPUT stack; give --psf PSF.json or --sigma-range LO HI."
+            )
+        if (args.psf is None) == (args.sigma_range is None):
+            raise CycleULMError(
+                f"`cycleulm train {args.network}` needs exactly one of --psf PSF.json (the CEUS PSF; "
+                "its MB-only version is used) or --sigma-range LO HI (MB-only sigmas, pixels)."
+            )
+        if args.psf == "auto":
+            raise CycleULMError("--psf auto needs a CEUS stack; give a PSF JSON from `cycleulm psf`.")
+        psf = None if args.psf is None else _psf_arg(args.psf).mbonly()
+        rng = None if args.sigma_range is None else tuple(args.sigma_range)
+        if rng is not None and not (0 < rng[0] <= rng[1]):
+            raise CycleULMError(f"--sigma-range needs 0 < LO <= HI, got {rng[0]} {rng[1]}.")
+        fn = train.iter_train_mblnet if args.network == "mblnet" else train.iter_train_mbtnet
+        init = None if args.init is None or args.init.lower() == "none" else args.init
+        gen = fn(psf, sigma_range_px=rng, init=init, out=out, device=args.device, **steps)
+        what = (f"MB-only PSF sigma {psf.sigma_y_px:.2f} x {psf.sigma_x_px:.2f} px" if psf is not None
+                else f"MB-only sigma range {rng[0]:g}-{rng[1]:g} px")
+        desc = f"{'MBL-Net' if args.network == 'mblnet' else 'MBT-Net'} ({what})"
+    result = drive_with_bar(gen, desc=f"train {args.network}", disable=args.quiet)
+    _report_training(args.network, result, desc)
     return 0
 
 
@@ -289,8 +416,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--upsampling", type=int, default=4)
     sp.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     sp.add_argument("--quiet", action="store_true")
+    for kind, name in (("mbdt", "MB-DT"), ("mblnet", "MBL-Net"), ("mbtnet", "MBT-Net")):
+        sp.add_argument(f"--{kind}", default="default", metavar="MODEL.pt",
+                        help=f"{name} checkpoint for the cycleulm-* pipelines, or 'default' (shipped weights)")
     units(sp)
     sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("translate", help="translate CEUS frames to the MB-only domain with MB-DT")
+    sp.add_argument("input", help="CEUS stack (tif, npy, mat, h5)")
+    sp.add_argument("--mbdt", default="default", metavar="MODEL.pt",
+                    help="MB-DT checkpoint, or 'default' (shipped weights)")
+    sp.add_argument("--out", required=True, help="MB-only stack to write (.tif)")
+    sp.add_argument("--block-size", type=int, default=64, help="frames per block (memory scales with it)")
+    sp.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    sp.add_argument("--quiet", action="store_true")
+    sp.set_defaults(func=cmd_translate)
+
+    sp = sub.add_parser(
+        "train", help="train MB-DT on a CEUS stack, or MBL-Net / MBT-Net on synthetic MB-only data",
+        description="cycleulm train mbdt INPUT --out MODEL.pt [--roi ROI.csv] [--psf auto|PSF.json] "
+                    "[--init default|none|PATH]; cycleulm train mblnet|mbtnet --psf PSF.json|"
+                    "--sigma-range LO HI --out MODEL.pt",
+    )
+    sp.add_argument("network", choices=["mbdt", "mblnet", "mbtnet"])
+    sp.add_argument("input", nargs="?", default=None, help="CEUS stack (mbdt only)")
+    sp.add_argument("--out", required=True, help="checkpoint to write (.pt)")
+    sp.add_argument("--steps", type=int, default=None, help="training steps (default: the trainer's)")
+    sp.add_argument("--psf", default=None,
+                    help="CEUS PSF JSON from `cycleulm psf` (mbdt: or 'auto', the default)")
+    sp.add_argument("--sigma-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
+                    help="mblnet/mbtnet: MB-only PSF sigma range in pixels (a generalist network)")
+    sp.add_argument("--roi", default=None, help="mbdt: ROI CSV (shape_id,y,x or napari shapes CSV)")
+    sp.add_argument("--init", default=None,
+                    help="start from 'default' weights, 'none' (scratch) or a checkpoint "
+                         "(mbdt default: 'default'; others: 'none')")
+    sp.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    sp.add_argument("--quiet", action="store_true")
+    units(sp)
+    sp.set_defaults(func=cmd_train)
     return p
 
 
@@ -300,7 +463,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except CycleULMError as exc:
-        print(f"cycleulm {args.command}: error: {exc}", file=sys.stderr)
+        # One line, even when the message quotes a multi-line library error.
+        msg = " ".join(str(exc).split())
+        print(f"cycleulm {args.command}: error: {msg}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"cycleulm {args.command}: interrupted; files already complete were kept.", file=sys.stderr)

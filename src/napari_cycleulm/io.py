@@ -263,13 +263,9 @@ def _read_tiff(path: Path, lazy: bool):
             "frames as a greyscale (frames, height, width) stack."
         )
     if lazy:
-        try:
-            mm = tifffile.memmap(path, mode="r")
-        except Exception:  # compressed or non-contiguous: fall back to pages
-            mm = None
-        if mm is not None and mm.ndim in (2, 3) and not np.iscomplexobj(mm):
-            arr = mm[None] if mm.ndim == 2 else mm
-            return LazyStack(arr.shape, arr.dtype, lambda a, b: np.asarray(arr[a:b]), source=str(path))
+        # Page by page with ordinary reads, not a memory map: mapped pages that
+        # were touched count in the process's resident memory, which would then
+        # grow with the acquisition instead of staying at one block.
         tif = tifffile.TiffFile(path)
         series = tif.series[0]
         shape = tuple(series.shape)
@@ -292,7 +288,37 @@ def _read_tiff(path: Path, lazy: bool):
     return _in_memory(arr, str(path)) if lazy else arr
 
 
+def _npy_layout(path: Path):
+    """``(shape, dtype, data offset)`` of a C-ordered .npy file, or None."""
+    with open(path, "rb") as fh:
+        try:
+            major, _ = np.lib.format.read_magic(fh)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+            )
+            shape, fortran, dtype = read_header(fh)
+        except ValueError:
+            return None
+        offset = fh.tell()
+    if fortran or dtype.hasobject:
+        return None
+    return shape, dtype, offset
+
+
 def _read_npy(path: Path, lazy: bool):
+    layout = _npy_layout(path) if lazy else None
+    if layout is not None and len(layout[0]) in (2, 3) and not np.issubdtype(layout[1], np.complexfloating):
+        shape, dtype, offset = layout
+        shape = (1, *shape) if len(shape) == 2 else tuple(shape)
+        per_frame = int(np.prod(shape[1:]))
+
+        def read(a, b):
+            # Plain reads (no memory map), so resident memory stays one block.
+            data = np.fromfile(path, dtype=dtype, count=(b - a) * per_frame,
+                               offset=offset + a * per_frame * dtype.itemsize)
+            return data.reshape((b - a, *shape[1:]))
+
+        return LazyStack(shape, dtype, read, source=str(path))
     try:
         arr = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
     except ValueError as exc:

@@ -49,6 +49,11 @@ DEFAULT_WEIGHTS: dict[str, Path] = {
 #: assumed to cope with MB-only sigmas within these factors of its own.
 _SINGLE_PSF_TOLERANCE = (0.7, 1.4)
 
+#: Relative margin around a stored training range: PSF estimates scatter by
+#: 5-10 %, and a network trained for one PSF (a degenerate range, lo == hi)
+#: still works for a slightly different one.
+RANGE_MARGIN = 0.15
+
 
 def _check_kind(kind: str) -> str:
     if kind not in NETWORKS:
@@ -161,9 +166,10 @@ def check_psf_in_range(mb_psf, checkpoint: Checkpoint) -> str | None:
     checkpoint : Checkpoint
         An MBL-Net or MBT-Net (or MB-DT) checkpoint.  Its training range is
         ``checkpoint.extra["sigma_range_px"]`` (``(lo, hi)`` for both axes or
-        ``((lo_y, hi_y), (lo_x, hi_x))``); without it, a network trained for
-        one PSF (``checkpoint.psf``, the CEUS PSF) covers its MB-only sigma
-        within x0.7 - x1.4.
+        ``((lo_y, hi_y), (lo_x, hi_x))``, MB-only sigmas in pixels), widened
+        by :data:`RANGE_MARGIN` (15 %) on both sides; without it, a network
+        trained for one PSF (``checkpoint.psf``, the CEUS PSF) covers its
+        MB-only sigma within x0.7 - x1.4.
 
     Returns
     -------
@@ -181,10 +187,13 @@ def check_psf_in_range(mb_psf, checkpoint: Checkpoint) -> str | None:
             factor = float(checkpoint.psf.get("mbonly_factor", 0.5))
             sy = float(checkpoint.psf["sigma_y_px"]) * factor
             sx = float(checkpoint.psf["sigma_x_px"]) * factor
-        except (KeyError, TypeError, ValueError):
+        except (AttributeError, KeyError, TypeError, ValueError):
             return None
         lo, hi = _SINGLE_PSF_TOLERANCE
         ranges = ((sy * lo, sy * hi), (sx * lo, sx * hi))
+    elif ranges is not None:
+        m = RANGE_MARGIN
+        ranges = tuple((a / (1 + m), b * (1 + m)) for a, b in ranges)
     if ranges is None:
         return None
     bad = []
@@ -196,8 +205,12 @@ def check_psf_in_range(mb_psf, checkpoint: Checkpoint) -> str | None:
             bad.append(f"sigma_{axis} = {sigma:.2f} px outside [{lo:.2f}, {hi:.2f}]")
     if not bad:
         return None
+    if checkpoint.kind == "mbdt":
+        fix = "train MB-DT on this data (`cycleulm train mbdt INPUT`)"
+    else:
+        fix = f"train a network for this PSF (`cycleulm train {checkpoint.kind} --psf PSF.json`)"
     return (
         f"the MB-only PSF of the data ({'; '.join(bad)}) is outside the range the {name} "
-        f"network{where} was trained on, so its output may be unreliable; train a network for "
-        f"this PSF (`cycleulm train {checkpoint.kind} --psf PSF.json`) or check the PSF estimate."
+        f"network{where} was trained on, so its output may be unreliable; {fix} or check the "
+        "PSF estimate."
     )

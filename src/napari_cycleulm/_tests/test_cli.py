@@ -83,3 +83,124 @@ def test_demo_runs_on_the_sample(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "PSF estimated" in text and "F1" in text
     assert (tmp_path / "demo" / "baseline1" / "sr_density.tif").is_file()
+
+
+# -- CycleULM commands -------------------------------------------------------
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    from ._tiny_nets import tiny_checkpoints
+
+    return tiny_checkpoints(tmp_path_factory.mktemp("nets"))
+
+
+@pytest.fixture(scope="module")
+def small(sim_dir, tmp_path_factory):
+    """The first 12 frames, 40x48 px, of the simulation (the networks are slow on 2 CPU cores)."""
+    from napari_cycleulm.io import read_stack, write_stack
+
+    out = tmp_path_factory.mktemp("small") / "frames.tif"
+    write_stack(out, read_stack(sim_dir / "frames.tif")[:12, :40, :48])
+    return out
+
+
+def test_translate_streams_to_a_tiff_equal_to_one_shot(small, nets, tmp_path, capsys):
+    import tifffile
+
+    from napari_cycleulm.io import read_stack
+    from napari_cycleulm.translate import translate
+
+    out = tmp_path / "mb.tif"
+    assert main(["translate", str(small), "--mbdt", str(nets["mbdt"]), "--out", str(out),
+                 "--block-size", "5", "--device", "cpu", "--quiet"]) == 0
+    assert "translated 12 frames" in capsys.readouterr().out
+    mb = tifffile.imread(out)
+    frames = read_stack(small)
+    np.testing.assert_allclose(mb, translate(frames, nets["mbdt"], device="cpu"), rtol=1e-5, atol=1e-6)
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_run_cycleulm_pipeline_with_checkpoints(small, nets, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["run", str(small), "--pipeline", "cycleulm-e2e", "--out", str(out), "--psf", "auto",
+                 "--mbdt", str(nets["mbdt"]), "--mbtnet", str(nets["mbtnet"]), "--block-size", "5",
+                 "--device", "cpu", "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "cycleulm-e2e: 12 frames" in text and "not produced" in text
+    assert (out / "sr_density.tif").is_file() and (out / "run.json").is_file()
+
+
+def test_model_errors_are_one_line(small, nets, tmp_path, capsys, monkeypatch):
+    from napari_cycleulm import models
+
+    bad = tmp_path / "corrupt.pt"
+    bad.write_bytes(b"not a checkpoint")
+    frames = str(small)
+    assert main(["translate", frames, "--mbdt", str(bad), "--out", str(tmp_path / "m.tif")]) == 2
+    err = capsys.readouterr().err
+    assert "corrupt" in err and "Traceback" not in err and err.count("\n") == 1
+    assert main(["run", frames, "--pipeline", "cycleulm-loc", "--out", str(tmp_path / "o"),
+                 "--mbdt", str(nets["mblnet"]), "--quiet"]) == 2
+    assert "MBL-Net checkpoint but an MB-DT model was asked for" in capsys.readouterr().err
+    monkeypatch.setitem(models.DEFAULT_WEIGHTS, "mbdt", tmp_path / "mbdt_default.pt")
+    assert main(["run", frames, "--pipeline", "cycleulm-ncc", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "no default weights shipped for MB-DT" in err and err.count("\n") == 1
+    assert main(["translate", frames, "--out", str(tmp_path / "m.npy")]) == 2
+    assert ".tif" in capsys.readouterr().err
+
+
+def _fake_trainer(calls, kind):
+    """Stands in for train.iter_train_*: records its arguments, writes a tiny checkpoint."""
+    from napari_cycleulm.checkpoint import save_checkpoint
+    from napari_cycleulm.nets import MBDT, MBLNet, MBTNet
+    from napari_cycleulm.progress import Progress
+    from napari_cycleulm.train import TrainResult
+
+    def gen(*args, **kw):
+        calls.append((kind, args, kw))
+        model = {"mbdt": MBDT, "mblnet": MBLNet, "mbtnet": MBTNet}[kind](base_channels=4)
+        yield Progress(1, 1, f"train {kind}", {"step": 1, "losses": {"total": 0.5}})
+        save_checkpoint(kw["out"], model, kind=kind, step=1)
+        return TrainResult(model=model, checkpoint_path=kw["out"], history={"total": [0.5]},
+                           steps_done=1, seconds=0.01, config={})
+
+    return gen
+
+
+def test_train_commands_pass_their_arguments(sim_dir, tmp_path, capsys, monkeypatch):
+    from napari_cycleulm import train
+
+    calls = []
+    for kind in ("mbdt", "mblnet", "mbtnet"):
+        monkeypatch.setattr(train, f"iter_train_{kind}", _fake_trainer(calls, kind))
+    psf_json = tmp_path / "psf.json"
+    PSF(sigma_y_px=2.0, sigma_x_px=3.0).to_json(psf_json)
+    roi = tmp_path / "roi.csv"
+    roi.write_text("shape_id,y,x\n0,5,5\n0,5,90\n0,60,90\n0,60,5\n")
+
+    assert main(["train", "mbdt", str(sim_dir / "frames.tif"), "--out", str(tmp_path / "a.pt"),
+                 "--roi", str(roi), "--steps", "7", "--psf", str(psf_json), "--quiet"]) == 0
+    kind, args, kw = calls[-1]
+    assert args[0].shape == (40, 96, 128) and args[1].sigma_x_px == 3.0
+    assert kw["steps"] == 7 and kw["init"] == "default" and len(kw["roi_mask"]) == 1
+    assert "written to" in capsys.readouterr().out
+
+    assert main(["train", "mblnet", "--psf", str(psf_json), "--out", str(tmp_path / "b.pt"),
+                 "--init", "none", "--quiet"]) == 0
+    kind, args, kw = calls[-1]
+    assert kind == "mblnet" and args[0].sigma_y_px == 1.0  # the MB-only PSF
+    assert kw["sigma_range_px"] is None and kw["init"] is None and "steps" not in kw
+
+    assert main(["train", "mbtnet", "--sigma-range", "0.5", "1.5", "--out", str(tmp_path / "c.pt"),
+                 "--quiet"]) == 0
+    kind, args, kw = calls[-1]
+    assert kind == "mbtnet" and args[0] is None and kw["sigma_range_px"] == (0.5, 1.5)
+
+    # Exactly one of --psf / --sigma-range; no stack for synthetic training.
+    assert main(["train", "mblnet", "--out", str(tmp_path / "d.pt")]) == 2
+    assert "exactly one of --psf" in capsys.readouterr().err
+    assert main(["train", "mblnet", str(sim_dir / "frames.tif"), "--sigma-range", "1", "2",
+                 "--out", str(tmp_path / "d.pt")]) == 2
+    assert "takes no INPUT" in capsys.readouterr().err
+    assert main(["train", "mbdt", "--out", str(tmp_path / "d.pt")]) == 2
+    assert "needs the CEUS stack" in capsys.readouterr().err

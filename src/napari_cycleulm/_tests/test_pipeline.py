@@ -27,7 +27,15 @@ def true_psf(sim):
     return PSF(sigma_y_px=m["psf_sigma_y_px"], sigma_x_px=m["psf_sigma_x_px"], pixel_size_um=m["pixel_size_um"])
 
 
-@pytest.mark.parametrize("name", sorted(PIPELINES))
+BASELINES = ["baseline1", "baseline2"]
+CYCLEULM = ["cycleulm-ncc", "cycleulm-decon", "cycleulm-loc", "cycleulm-e2e"]
+
+
+def test_all_pipelines_are_named():
+    assert sorted(PIPELINES) == sorted(BASELINES + CYCLEULM)
+
+
+@pytest.mark.parametrize("name", BASELINES)
 def test_pipeline_finds_most_bubbles(sim, true_psf, name):
     res = run_pipeline(sim.frames, name, true_psf, block_size=25)
     m = match_localisations(sim.ground_truth, res.localisations, tolerance=1.0)
@@ -94,3 +102,85 @@ def test_bad_input_is_explained(sim, true_psf):
         run_pipeline(np.zeros((4, 4)), "baseline1", true_psf)
     with pytest.raises(CycleULMError, match="block_size"):
         next(iter_pipeline(sim.frames, "baseline1", true_psf, block_size=0))
+
+
+# -- CycleULM pipelines (tiny random networks: plumbing, streaming and errors) --
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    from ._tiny_nets import tiny_checkpoints
+
+    return tiny_checkpoints(tmp_path_factory.mktemp("nets"))
+
+
+@pytest.fixture(scope="module")
+def short(sim):
+    return sim.frames[:20, :40, :48]
+
+
+def _models(nets):
+    return {"mbdt": nets["mbdt"], "mblnet": nets["mblnet"], "mbtnet": nets["mbtnet"]}
+
+
+@pytest.mark.parametrize("name", CYCLEULM)
+def test_cycleulm_pipelines_run_and_write_outputs(short, true_psf, nets, tmp_path, name):
+    # Random networks: low thresholds so that localisation pipelines find something.
+    thr = {"cycleulm-ncc": 0.2, "cycleulm-decon": 0.01, "cycleulm-loc": 0.1, "cycleulm-e2e": None}[name]
+    res = run_pipeline(short, name, true_psf, block_size=7, threshold=thr, out_dir=tmp_path,
+                       keep_tables=True, device="cpu", **_models(nets))
+    for f in ("sr_density.tif", "sr_velocity.tif", "power_doppler.tif", "preview.png", "run.json"):
+        assert (tmp_path / f).is_file(), f
+    assert res.maps.density.shape == (160, 192)
+    np.testing.assert_allclose(res.power_doppler, (short.astype(np.float64) ** 2).mean(0), rtol=1e-4)
+    summary = json.loads((tmp_path / "run.json").read_text())
+    assert summary["params"]["models"]["mbdt"]["path"] == str(nets["mbdt"])
+    assert summary["params"]["mbonly_psf"]["sigma_y_px"] == pytest.approx(true_psf.sigma_y_px / 2)
+    assert "denoise" in res.timings_s
+    if name == "cycleulm-e2e":
+        assert len(res.localisations) == 0 and len(res.tracks) == 0 and res.n_tracks == 0
+        assert "not produced" in res.outputs["localisations"]
+        assert not (tmp_path / "localisations.csv").exists()
+        assert res.maps.density.sum() > 0 and summary["params"]["e2e"]["windows"] == 3
+    else:
+        assert res.n_localisations > 0 and res.n_localisations == len(res.localisations)
+        assert len(Localisations.from_csv(tmp_path / "localisations.csv")) == res.n_localisations
+        assert (tmp_path / "tracks.csv").is_file()
+
+
+@pytest.mark.parametrize("name", ["cycleulm-loc", "cycleulm-e2e"])
+def test_cycleulm_block_size_does_not_change_the_result(short, true_psf, nets, name):
+    kw = dict(threshold=0.1 if name == "cycleulm-loc" else None, device="cpu", **_models(nets))
+    a = run_pipeline(short, name, true_psf, block_size=20, **kw)
+    b = run_pipeline(short, name, true_psf, block_size=6, **kw)
+    np.testing.assert_allclose(a.localisations.positions, b.localisations.positions, atol=1e-4)
+    np.testing.assert_allclose(a.maps.density, b.maps.density, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["cycleulm-loc", "cycleulm-ncc"])
+def test_cycleulm_target_count(short, true_psf, nets, name):
+    res = run_pipeline(short, name, true_psf, block_size=10, threshold=0.05, target_count=25,
+                       device="cpu", **_models(nets))
+    assert res.n_localisations == 25
+
+
+def test_missing_default_weights_are_explained(short, true_psf, nets, monkeypatch, tmp_path):
+    from napari_cycleulm import models
+
+    monkeypatch.setitem(models.DEFAULT_WEIGHTS, "mblnet", tmp_path / "mblnet_default.pt")
+    with pytest.raises(CycleULMError, match="no default weights shipped for MBL-Net"):
+        run_pipeline(short, "cycleulm-loc", true_psf, mbdt=nets["mbdt"])
+    with pytest.raises(CycleULMError, match="not a CycleULM checkpoint or corrupt"):
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(b"garbage")
+        run_pipeline(short, "cycleulm-ncc", true_psf, mbdt=bad)
+    with pytest.raises(CycleULMError, match="target_count"):
+        run_pipeline(short, "cycleulm-e2e", true_psf, target_count=10, **_models(nets))
+
+
+def test_psf_outside_the_trained_range_warns(short, nets, tmp_path):
+    from ._tiny_nets import tiny_checkpoints
+
+    narrow = tiny_checkpoints(tmp_path, sigma_range_px=(0.2, 0.3))
+    wide_psf = PSF(sigma_y_px=2.0, sigma_x_px=2.5)  # MB-only sigma 1.0 x 1.25 px
+    with pytest.warns(UserWarning, match="outside the range the MBL-Net"):
+        run_pipeline(short, "cycleulm-loc", wide_psf, mbdt=nets["mbdt"], mblnet=narrow["mblnet"],
+                     device="cpu")

@@ -1,0 +1,112 @@
+"""MB-DT inference: frame t uses (t-1, t, t+1) with replicated edges; streaming equals one shot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_cycleulm import models
+from napari_cycleulm.checkpoint import load_checkpoint
+from napari_cycleulm.errors import CycleULMError
+from napari_cycleulm.translate import iter_translate, translate
+
+from ._tiny_nets import tiny_checkpoints
+
+
+class LinearMix(nn.Module):
+    """Fake translator: a*prev + b*centre + c*next, so every output pixel is predictable."""
+
+    def __init__(self, a=1.0, b=10.0, c=100.0):
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor([a, b, c], dtype=torch.float32))
+
+    def forward(self, x):
+        assert x.ndim == 4 and x.shape[1] == 3
+        return (x * self.w[None, :, None, None]).sum(1, keepdim=True)
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory):
+    return tiny_checkpoints(tmp_path_factory.mktemp("nets"))
+
+
+@pytest.fixture
+def frames():
+    rng = np.random.default_rng(1)
+    return rng.uniform(0.0, 2.0, (11, 13, 21)).astype(np.float32)
+
+
+def _expected(frames, scale, a=1.0, b=10.0, c=100.0):
+    f = frames * scale
+    prev = np.concatenate([f[:1], f[:-1]])
+    nxt = np.concatenate([f[1:], f[-1:]])
+    return a * prev + b * f + c * nxt
+
+
+def test_output_is_mbonly_frames_of_the_input_size(ckpts, frames):
+    out = translate(frames, ckpts["mbdt"], batch_size=4, device="cpu")
+    assert out.shape == frames.shape and out.dtype == np.float32
+    assert (out >= 0).all() and np.isfinite(out).all()
+
+
+def test_neighbours_with_edge_replication(frames):
+    out = translate(frames, LinearMix(), scale=0.5, batch_size=3)
+    np.testing.assert_allclose(out, _expected(frames, 0.5), rtol=1e-5)
+    # A single frame is its own previous and next frame.
+    one = translate(frames[:1], LinearMix(), scale=1.0)
+    np.testing.assert_allclose(one[0], 111 * frames[0], rtol=1e-5)
+
+
+def test_given_neighbours_replace_the_replicated_edges(frames):
+    out = translate(frames[3:6], LinearMix(), scale=1.0, before=frames[2], after=frames[6])
+    np.testing.assert_allclose(out, _expected(frames, 1.0)[3:6], rtol=1e-5)
+
+
+def test_default_scale_maps_the_999th_percentile_to_one(frames):
+    out = translate(frames, LinearMix(0, 1, 0))
+    np.testing.assert_allclose(out, frames / np.percentile(frames, 99.9), rtol=1e-5)
+    # So the output does not depend on the input's units.
+    np.testing.assert_allclose(translate(frames * 37.0, LinearMix(0, 1, 0)), out, rtol=1e-5)
+
+
+def test_output_is_clipped_at_zero(frames):
+    out = translate(frames, LinearMix(0.0, -1.0, 0.0), scale=1.0)
+    assert (out == 0).all()
+
+
+@pytest.mark.parametrize("block_size", [1, 4, 11, 50])
+def test_streaming_equals_one_shot(ckpts, frames, block_size):
+    ckpt = load_checkpoint(ckpts["mbdt"], device="cpu")
+    whole = translate(frames, ckpt)
+    parts = list(iter_translate(frames, ckpt, block_size=block_size))
+    assert [p[0] for p in parts] == list(range(0, 11, block_size))
+    assert parts[-1][1] == 11
+    np.testing.assert_allclose(np.concatenate([p[2] for p in parts]), whole, rtol=1e-5, atol=1e-6)
+    # And with the exact linear fake, to the last bit of the neighbour logic.
+    fake = np.concatenate([p[2] for p in iter_translate(frames, LinearMix(), block_size=block_size, scale=2.0)])
+    np.testing.assert_allclose(fake, _expected(frames, 2.0), rtol=1e-5)
+
+
+def test_missing_default_weights_are_explained(monkeypatch, tmp_path, frames):
+    monkeypatch.setitem(models.DEFAULT_WEIGHTS, "mbdt", tmp_path / "mbdt_default.pt")
+    with pytest.raises(CycleULMError, match="no default weights shipped for MB-DT.*train_default_weights"):
+        translate(frames)
+    with pytest.raises(CycleULMError, match="no default weights"):
+        models.load_model("mbdt", "default")
+
+
+def test_bad_inputs_are_explained(ckpts, frames, tmp_path):
+    with pytest.raises(CycleULMError, match="MBL-Net checkpoint but an MB-DT"):
+        translate(frames, ckpts["mblnet"])
+    with pytest.raises(CycleULMError, match="not found"):
+        translate(frames, tmp_path / "nope.pt")
+    with pytest.raises(CycleULMError, match="scale"):
+        translate(frames, LinearMix(), scale=0.0)
+    with pytest.raises(CycleULMError, match="before"):
+        translate(frames, LinearMix(), before=np.zeros((3, 3)))
+    with pytest.raises(CycleULMError, match="block_size"):
+        next(iter_translate(frames, LinearMix(), block_size=0))
+    with pytest.raises(CycleULMError, match="unknown network kind"):
+        models.load_model("nope")
