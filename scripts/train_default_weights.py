@@ -1,0 +1,252 @@
+"""Train the default CycleULM weights shipped in ``src/napari_cycleulm/weights/``.
+
+Usage::
+
+    python scripts/train_default_weights.py                      # all three, documented settings
+    python scripts/train_default_weights.py --which mblnet --steps-mblnet 8000
+    python scripts/train_default_weights.py --quick              # a few steps each, into a temp dir
+
+Settings (the reasons are in the comments next to each constant below):
+
+* MBL-Net and MBT-Net are *generalists*: trained on synthetic MB-only data
+  whose PSF is drawn per patch with sigma_y, sigma_x in 0.5-2.5 px and a
+  rotation in +-0.2 rad, with 0-20 MBs per 40x40 patch (intensities
+  0.1-1).  They serve any MB-only PSF inside that range; the range is
+  stored in ``checkpoint.extra["sigma_range_px"]`` for the run-time check.
+* MB-DT is trained on several simulated acquisitions (``simulate.simulate``)
+  spanning clutter -6..-20 dB, 10-60 MBs per frame and PSF FWHMs of
+  150-400 um at 50 um pixels, each with its own automatically estimated
+  PSF (``psf.estimate_psf_auto``) and its organ mask as ROI: broad, not
+  tuned to one setting.  It is the starting point for fine-tuning on a
+  user's data (``cycleulm train mbdt`` / the training widget).
+
+The script prints validation numbers and timings and writes a JSON report
+(``docs/model_card.json`` by default; with ``--quick`` next to the weights in
+the temporary folder) that becomes docs/model_card.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from napari_cycleulm import __version__ as package_version
+from napari_cycleulm._atomic import write_text_atomic
+from napari_cycleulm.nets import count_parameters
+from napari_cycleulm.psf import PSF, estimate_psf_auto
+from napari_cycleulm.roi import count_patches
+from napari_cycleulm.simulate import simulate
+from napari_cycleulm.synthetic import SyntheticConfig
+from napari_cycleulm.train import (
+    DEFAULT_GENERALIST_SIGMA_RANGE_PX,
+    train_mbdt,
+    train_mblnet,
+    train_mbtnet,
+    validate_mbdt,
+    validate_mblnet,
+    validate_mbtnet,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: Generalist MB-only PSF range (per axis, pixels): see train.DEFAULT_GENERALIST_SIGMA_RANGE_PX.
+SIGMA_RANGE_PX = DEFAULT_GENERALIST_SIGMA_RANGE_PX
+
+#: Synthetic data of the generalists: 0-20 MBs per 40x40 patch (from empty
+#: background to ~9 px mean spacing), intensities 0.1-1, PSF rotation +-0.2 rad
+#: (ultrasound PSFs are nearly axis-aligned), speeds 0-2 px/frame.
+GENERALIST_CONFIG = SyntheticConfig(sigma_range_px=SIGMA_RANGE_PX, theta_range_rad=(-0.2, 0.2))
+
+#: Default steps.  Measured on 2 CPU cores (quiet machine): MBL-Net ~0.18 s/step
+#: (batch 16), MBT-Net ~1.0-1.2 s/step (batch 8), MB-DT ~0.15 s/step (batch 8).
+STEPS = {"mblnet": 5000, "mbtnet": 2000, "mbdt": 3000}
+
+#: Simulated acquisitions for MB-DT: (clutter dB, MBs per frame, PSF FWHM (axial, lateral) um, seed).
+#: 50 um pixels, so FWHMs of 3-8 px (CEUS sigma 1.3-3.4 px, MB-only 0.6-1.7 px: inside
+#: the generalists' range).
+MBDT_SETTINGS = [
+    (-6.0, 20.0, (200.0, 300.0), 101),
+    (-12.0, 40.0, (150.0, 250.0), 102),
+    (-20.0, 60.0, (250.0, 400.0), 103),
+    (-12.0, 10.0, (300.0, 300.0), 104),
+    (-9.0, 30.0, (200.0, 350.0), 105),
+    (-16.0, 25.0, (175.0, 225.0), 106),
+]
+#: Held-out acquisition for MB-DT validation (not in the training set).
+MBDT_VALIDATION = (-12.0, 30.0, (200.0, 300.0), 999)
+
+#: PSFs the generalists are validated on (MB-only sigmas, pixels).
+VALIDATION_SIGMAS = [(0.5, 0.5), (1.0, 1.0), (1.0, 1.5), (1.5, 2.0), (2.5, 2.5)]
+
+
+def _sim(setting, n_frames, size):
+    clutter, density, fwhm, seed = setting
+    h, w = size
+    sim = simulate(n_frames, h, w, density=density, seed=seed, clutter_db=clutter, psf_fwhm_um=fwhm)
+    return sim
+
+
+def _log(ev, name):
+    if ev.info and ev.info.get("losses") and (ev.done % 100 == 0 or ev.done == ev.total):
+        losses = " ".join(f"{k}={v:.3f}" for k, v in ev.info["losses"].items())
+        print(f"  {name} {ev.done}/{ev.total} {losses} ({ev.info.get('steps_per_s', 0):.2f} steps/s)",
+              flush=True)
+
+
+def _clean(d):
+    """JSON-safe floats (NaN -> None)."""
+    if isinstance(d, dict):
+        return {k: _clean(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_clean(v) for v in d]
+    if isinstance(d, float) and not np.isfinite(d):
+        return None
+    if isinstance(d, (np.floating, np.integer)):
+        return _clean(d.item())
+    return d
+
+
+def train_generalist(kind, steps, out_dir, seed, quick, device):
+    fn = train_mblnet if kind == "mblnet" else train_mbtnet
+    out = out_dir / f"{kind}_default.pt"
+    print(f"{kind}: {steps} steps, sigma range {SIGMA_RANGE_PX} px -> {out}", flush=True)
+    t0 = time.perf_counter()
+    res = fn(sigma_range_px=SIGMA_RANGE_PX, synthetic_config=GENERALIST_CONFIG, steps=steps,
+             out=out, seed=seed, init=None, checkpoint_every=500, device=device,
+             progress=lambda ev: _log(ev, kind))
+    seconds = time.perf_counter() - t0
+    validate = validate_mblnet if kind == "mblnet" else validate_mbtnet
+    n = 16 if quick else (256 if kind == "mblnet" else 64)
+    val = {"range": validate(res.model, SIGMA_RANGE_PX, n=n, device=device)}
+    for sy, sx in VALIDATION_SIGMAS:
+        val[f"sigma_{sy}_{sx}"] = validate(res.model, PSF(sy, sx), n=n, device=device)
+    for k, v in val.items():
+        print(f"  {kind} validation {k}: " + ", ".join(
+            f"{m}={x:.3f}" for m, x in v.items() if isinstance(x, float)), flush=True)
+    return {
+        "file": out.name, "steps": res.steps_done, "seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(res.steps_done, 1), 4),
+        "batch_size": res.config["batch_size"], "lr": res.config["lr"],
+        "patch_size": res.config["patch_size"], "parameters": count_parameters(res.model),
+        "sigma_range_px": [list(r) for r in SIGMA_RANGE_PX],
+        "synthetic_config": res.config["synthetic_config"],
+        "final_losses": {k: float(np.mean(v[-50:])) for k, v in res.history.items() if k != "step"},
+        "validation": val, "validation_seed": 12345,
+    }
+
+
+def train_default_mbdt(steps, out_dir, seed, quick, device):
+    n_frames, size = (40, (96, 96)) if quick else (200, (128, 160))
+    settings = MBDT_SETTINGS[:2] if quick else MBDT_SETTINGS
+    stacks, psfs, rois, data = [], [], [], []
+    t0 = time.perf_counter()
+    for s in settings:
+        sim = _sim(s, n_frames, size)
+        est = estimate_psf_auto(sim.frames)
+        roi = sim.organ_mask
+        if count_patches(roi, 40) < 50:  # organ too small for varied patches: whole frame
+            roi = None
+        stacks.append(sim.frames)
+        psfs.append(est.psf)
+        rois.append(roi if roi is not None else np.ones(sim.frames.shape[1:], bool))
+        data.append({
+            "clutter_db": s[0], "density": s[1], "psf_fwhm_um": list(s[2]), "seed": s[3],
+            "frames": list(sim.frames.shape),
+            "estimated_psf_fwhm_px": [round(est.psf.fwhm_y_px, 3), round(est.psf.fwhm_x_px, 3)],
+            "true_psf_fwhm_px": [round(sim.metadata["psf_fwhm_y_px"], 3),
+                                 round(sim.metadata["psf_fwhm_x_px"], 3)],
+            "psf_bubbles": est.n_used, "roi": "organ mask" if roi is not None else "whole frame",
+        })
+    sim_seconds = time.perf_counter() - t0
+    out = out_dir / "mbdt_default.pt"
+    print(f"mbdt: {steps} steps on {len(stacks)} simulated stacks ({sim_seconds:.0f} s to "
+          f"simulate) -> {out}", flush=True)
+    t0 = time.perf_counter()
+    res = train_mbdt(stacks, psfs, roi_mask=rois, init=None, steps=steps, out=out, seed=seed,
+                     checkpoint_every=500, preview_every=None, device=device,
+                     progress=lambda ev: _log(ev, "mbdt"))
+    seconds = time.perf_counter() - t0
+    vsim = _sim(MBDT_VALIDATION, 30 if quick else 100, size)
+    vpsf = estimate_psf_auto(vsim.frames).psf
+    val = validate_mbdt(res.model, vsim.frames, vpsf, vsim.ground_truth,
+                        max_frames=10 if quick else 50, device=device)
+    print("  mbdt validation: " + ", ".join(
+        f"{k}={v:.3f}" for k, v in val.items() if isinstance(v, float)), flush=True)
+    return {
+        "file": out.name, "steps": res.steps_done, "seconds": round(seconds, 1),
+        "seconds_per_step": round(seconds / max(res.steps_done, 1), 4),
+        "simulation_seconds": round(sim_seconds, 1),
+        "batch_size": res.config["batch_size"], "lr": res.config["lr"],
+        "patch_size": res.config["patch_size"], "parameters": count_parameters(res.model),
+        "parameters_g_ab": count_parameters(res.model.g_ab),
+        "training_data": data,
+        "final_losses": {k: float(np.mean(v[-50:])) for k, v in res.history.items() if k != "step"},
+        "validation": {"setting": {"clutter_db": MBDT_VALIDATION[0], "density": MBDT_VALIDATION[1],
+                                   "psf_fwhm_um": list(MBDT_VALIDATION[2]),
+                                   "seed": MBDT_VALIDATION[3]}, **val},
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--which", nargs="+", choices=("mbdt", "mblnet", "mbtnet"),
+                    default=["mblnet", "mbtnet", "mbdt"])
+    for k in ("mbdt", "mblnet", "mbtnet"):
+        ap.add_argument(f"--steps-{k}", type=int, default=None,
+                        help=f"training steps of {k} (default {STEPS[k]}; 3 with --quick)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="weights folder (default src/napari_cycleulm/weights; a temp dir with --quick)")
+    ap.add_argument("--report", type=Path, default=None,
+                    help="JSON report (default docs/model_card.json; <out>/model_card.json with --quick)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    ap.add_argument("--quick", action="store_true", help="a few steps of each, for testing")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="cycleulm_weights_")) if args.quick else (
+            ROOT / "src" / "napari_cycleulm" / "weights")
+    if args.report is None:
+        args.report = args.out / "model_card.json" if args.quick else ROOT / "docs" / "model_card.json"
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    report = {
+        "package_version": package_version, "quick": args.quick, "seed": args.seed,
+        "torch": torch.__version__, "python": platform.python_version(),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(), "device": args.device, "networks": {},
+    }
+    if args.report.is_file() and not args.quick:
+        # Keep the entries of networks not retrained in this run.
+        try:
+            report["networks"] = json.loads(args.report.read_text())["networks"]
+        except (ValueError, KeyError):
+            pass
+    t_all = time.perf_counter()
+    for kind in args.which:
+        steps = getattr(args, f"steps_{kind}") or (3 if args.quick else STEPS[kind])
+        if kind == "mbdt":
+            report["networks"][kind] = train_default_mbdt(steps, args.out, args.seed, args.quick,
+                                                          args.device)
+        else:
+            report["networks"][kind] = train_generalist(kind, steps, args.out, args.seed,
+                                                        args.quick, args.device)
+        # Written after every network, so a long run that is stopped keeps what it finished.
+        report["total_seconds"] = round(time.perf_counter() - t_all, 1)
+        write_text_atomic(args.report, json.dumps(_clean(report), indent=1) + "\n")
+    print(f"weights in {args.out}; report {args.report} ({report['total_seconds']} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
