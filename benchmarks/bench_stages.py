@@ -24,7 +24,8 @@ import sys
 import time
 from pathlib import Path
 
-STAGES = ["baseline", "simulate", "threshold", "ncc", "decon", "track", "render", "baseline1", "baseline2"]
+STAGES = ["baseline", "simulate", "threshold", "ncc", "decon", "track", "render", "mbdt", "mblnet", "mbtnet",
+          "baseline1", "baseline2", "cycleulm-ncc", "cycleulm-decon", "cycleulm-loc", "cycleulm-e2e"]
 
 
 def _peak_rss_mb() -> float:
@@ -50,8 +51,6 @@ def _load(cache: Path, frames: int):
 
 
 def _worker(stage: str, frames_n: int, device: str | None, cache: str, queue) -> None:
-    import numpy as np
-
     from napari_cycleulm.psf import PSF
 
     cache = Path(cache)
@@ -92,7 +91,26 @@ def _worker(stage: str, frames_n: int, device: str | None, cache: str, queue) ->
             r.add_tracks(tracks)
             r.add_localisations(locs)
             r.result()
-    elif stage in ("baseline1", "baseline2"):
+    elif stage == "mbdt":
+        from napari_cycleulm.translate import translate
+
+        translate(frames, "default", **kw)
+    elif stage in ("mblnet", "mbtnet"):
+        from napari_cycleulm.translate import translate
+
+        mb = translate(frames, "default", **kw)
+        t0 = time.perf_counter()
+        if stage == "mblnet":
+            from napari_cycleulm.localise.mblnet import localise_mblnet
+
+            localise_mblnet(mb, "default", **kw)
+        else:
+            from napari_cycleulm.e2e import E2EAccumulator
+
+            acc = E2EAccumulator(frames.shape[1:], upsampling=4)
+            acc.add(mb, "default", **kw)
+            acc.result()
+    elif stage in ("baseline1", "baseline2") or stage.startswith("cycleulm-"):
         from napari_cycleulm.pipeline import run_pipeline
 
         run_pipeline(frames, stage, psf, block_size=50, device=device)

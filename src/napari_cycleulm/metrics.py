@@ -20,6 +20,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ._atomic import write_text_atomic
+from ._json import jsonable
 from .errors import CycleULMError
 from .tables import PointTable
 
@@ -660,19 +661,7 @@ def ssim(a, b, data_range: float | None = None, normalise: str | None = "max") -
 # Reports
 # --------------------------------------------------------------------------
 def _jsonable(obj):
-    if isinstance(obj, MatchResult):
-        return obj.to_dict()
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
+    return jsonable(obj.to_dict() if isinstance(obj, MatchResult) else obj)
 
 
 def evaluate_to_json(result, path: str | os.PathLike, **extra) -> dict:

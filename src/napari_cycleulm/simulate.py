@@ -87,6 +87,7 @@ import numpy as np
 import scipy.fft
 
 from ._atomic import atomic_path, write_text_atomic
+from ._json import jsonable
 from .errors import CycleULMError
 from .tables import Localisations
 
@@ -776,20 +777,6 @@ _FILES = {
 }
 
 
-def _jsonable(obj):
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    return obj
-
-
 def save_simulation(sim: Simulation, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write a simulation to a folder (each file atomically).
 
@@ -816,7 +803,7 @@ def save_simulation(sim: Simulation, out_dir: str | os.PathLike) -> dict[str, Pa
     for key in ("vessel_mask", "organ_mask"):
         with atomic_path(paths[key]) as tmp:
             tifffile.imwrite(tmp, np.asarray(getattr(sim, key)).astype(np.uint8), photometric="minisblack")
-    write_text_atomic(paths["metadata"], json.dumps(_jsonable(sim.metadata), indent=2))
+    write_text_atomic(paths["metadata"], json.dumps(jsonable(sim.metadata, nonfinite="string"), indent=2))
     return paths
 
 
@@ -829,8 +816,6 @@ def load_simulation(out_dir: str | os.PathLike) -> Simulation:
         If the folder or one of its files is missing.
     """
     import tifffile
-
-    from .io import write_stack
 
     out = Path(out_dir)
     missing = [v for v in _FILES.values() if not (out / v).is_file()]
