@@ -15,7 +15,7 @@ from napari_cycleulm.localise import (
     ncc_maps,
     refine_subpixel,
 )
-from napari_cycleulm.localise.decon import fine_to_pixel
+from napari_cycleulm.localise.decon import deconvolve, fine_to_pixel
 from napari_cycleulm.psf import PSF, gaussian_kernel
 from napari_cycleulm.tables import Localisations
 
@@ -166,6 +166,90 @@ def test_decon_absolute_threshold_and_empty_result():
     assert len(locs) == 1 and locs["frame"][0] == 0
     assert len(localise_decon(frames, psf, n_iter=40, threshold=0.6, absolute_threshold=True)) == 0
     assert len(localise_decon(np.zeros((2, 32, 32), np.float32), psf, n_iter=10)) == 0
+
+
+def _scattered_bubbles(seed=3, shape=(2, 70, 90), n=12, sigma=(1.5, 2.0)):
+    """Bubbles everywhere, including on the frame borders and tile seams."""
+    rng = np.random.default_rng(seed)
+    t, h, w = shape
+    pts = np.column_stack(
+        [rng.integers(0, t, n), rng.uniform(0.5, h - 1.5, n), rng.uniform(0.5, w - 1.5, n)]
+    )
+    # on the borders (off the pixel centres: a bubble midway between two fine
+    # cells has no unique sparse solution, so round-off picks a side)
+    pts[:2, 1:] = [[0.3, 40.3], [h - 1.2, w - 0.8]]
+    amps = rng.uniform(0.4, 1.0, n)
+    return draw_bubbles(shape, pts, sigma, amps), pts, PSF(*sigma)
+
+
+def test_decon_tiles_match_a_whole_frame_solve():
+    # Tiles overlap by the kernel reach and mask the frame borders, so solving
+    # small tiles gives the whole-frame maps (one tile covers 70 x 90 at 512; 16 gives 3 x 5 tiles).
+    frames, _, psf = _scattered_bubbles()
+    whole = deconvolve(frames, psf, n_iter=60, tile_size=512)
+    tiled = deconvolve(frames, psf, n_iter=60, tile_size=16)
+    assert np.abs(tiled - whole).max() < 0.05 * whole.max()
+    assert np.abs(tiled - whole).sum() < 0.01 * np.abs(whole).sum()
+    a = localise_decon(frames, psf, n_iter=60, tile_size=512)
+    b = localise_decon(frames, psf, n_iter=60, tile_size=16)
+    assert len(a) == len(b) and np.abs(a.positions - b.positions).max() < 0.05
+
+
+@pytest.mark.parametrize("tile_size", [8, 512])
+def test_decon_bubbles_on_the_frame_border_are_not_pulled_inwards(tile_size):
+    # The model has no scatterers and no data term outside the frame, so a
+    # bubble cut by the border keeps its position (a zero-padded frame would
+    # pull it ~1 px inwards).
+    pts = np.array([(0, 0.4, 50.0), (0, 45.0, 0.3), (0, 88.6, 50.0), (0, 45.0, 98.7)])
+    frames = draw_bubbles((1, 90, 100), pts, (1.5, 2.0))  # tile_size 8: 4 x 4 tiles
+    gt = Localisations({"frame": pts[:, 0], "y": pts[:, 1], "x": pts[:, 2]})
+    err, fp, fn = match(gt, localise_decon(frames, PSF(1.5, 2.0), n_iter=100, tile_size=tile_size))
+    assert fp == 0 and fn == 0 and err.max() < 0.15
+
+
+def test_decon_skips_empty_and_weak_tiles_without_losing_detections():
+    frames, pts, psf = _scattered_bubbles()
+    frames[:, :, :30] *= 0.02  # a weak region: its tiles are skipped
+    frames[:, 50:, 60:] = 0.0  # an empty region
+    maps = deconvolve(frames, psf, n_iter=60, tile_size=16, skip_below=0.1)
+    assert np.all(maps[:, :, : 2 * 10] == 0)  # skipped tile cores stay exactly 0
+    # no data within the kernel reach: exactly 0 (and those tiles are never solved)
+    assert np.all(deconvolve(frames, psf, n_iter=60, tile_size=16)[:, 112:, 140:] == 0)
+    kw = dict(n_iter=60, tile_size=16, threshold=0.1, absolute_threshold=True)
+    ref = localise_decon(frames, psf, skip_below=0.0, **kw)
+    fast = localise_decon(frames, psf, **kw)  # skip_below defaults to threshold / 2
+    assert len(ref) > 5 and len(fast) == len(ref)
+    assert np.abs(fast.positions - ref.positions).max() < 0.05
+
+
+def test_decon_tolerance_stops_converged_tiles_early(monkeypatch):
+    from napari_cycleulm.localise import decon as decon_module
+
+    steps = []
+    fwd = decon_module._TileOp.forward  # one call per FISTA iteration on a border tile
+    monkeypatch.setattr(decon_module._TileOp, "forward", lambda op, x: steps.append(1) or fwd(op, x))
+    frames = draw_bubbles((1, 40, 48), [(0, 20.3, 23.6)], (1.5, 2.0), [0.8])
+    psf = PSF(1.5, 2.0)
+    full = localise_decon(frames, psf, n_iter=300, tol=0.0)
+    assert len(steps) == 300  # tol=0: always n_iter iterations
+    steps.clear()
+    early = localise_decon(frames, psf, n_iter=300, tol=1e-2)
+    assert 10 <= len(steps) < 150  # stops once the map changes < 1% per 5 iterations
+    assert len(full) == len(early) == 1
+    assert np.abs(full.positions - early.positions).max() < 0.05
+    assert abs(full["intensity"][0] - early["intensity"][0]) < 0.02
+
+
+def test_decon_rejects_bad_solver_parameters():
+    good = np.zeros((1, 32, 32), np.float32)
+    psf = PSF(1.5, 2.0)
+    for kw, msg in (({"tol": -1.0}, "tol"), ({"tile_size": 4}, "tile_size"),
+                    ({"skip_below": -0.1}, "skip_below"), ({"n_iter": 0}, "n_iter"),
+                    ({"lam": -1.0}, "lam")):
+        with pytest.raises(CycleULMError, match=msg):
+            localise_decon(good, psf, **kw)
+        with pytest.raises(CycleULMError, match=msg):
+            deconvolve(good, psf, **kw)
 
 
 def test_dispatcher(isolated_bubbles):

@@ -6,8 +6,16 @@ and sampled at the pixel centres:
 
     ``min_x 0.5 ||y - A x||^2 + lam ||x||_1,  x >= 0``
 
-solved with FISTA (Beck & Teboulle 2009), batched over frames in torch.  Peaks
-of ``x`` are the bubbles.
+solved with FISTA (Beck & Teboulle 2009) in torch.  Peaks of ``x`` are the
+bubbles.
+
+Speed: the problem is local (the PSF reaches a few sigma), so frames are cut
+into overlapping tiles (overlap = the kernel reach), the tiles of a block of
+frames are solved together in small cache-sized batches with periodic FFTs,
+and only the tile cores are kept.  Tiles that see no data, or (for an
+absolute detection threshold) cannot hold a bubble above half of it, are not
+solved.  On thresholded 511 x 659 frames this is ~7x faster on CPU than the
+whole-frame solve it replaced, with the same detections.
 
 Reference: J. Yan, T. Zhang, J. Broughton-Venner, P. Huang, M.-X. Tang,
 "Super-resolution ultrasound through sparsity-based deconvolution and
@@ -34,6 +42,11 @@ from ._common import check_kernel_fits, fast_len, psf_kernel
 from .peaks import find_peaks
 
 __all__ = ["localise_decon", "deconvolve", "fine_to_pixel"]
+
+#: Default FISTA stopping tolerance on the relative change of a tile's map.
+DEFAULT_TOL = 1e-3
+#: Default tile size in pixels (cores are this minus twice the kernel reach).
+DEFAULT_TILE = 64
 
 
 def fine_to_pixel(k, upsampling: int):
@@ -70,93 +83,250 @@ def _fine_kernel(psf, kernel: np.ndarray, u: int) -> tuple[np.ndarray, int, int]
     return h, cy, cx
 
 
-class _BlurSample:
-    """``A``: blur on the fine grid then sample every ``u``-th cell; and ``A^T``.
+def _lipschitz(h: np.ndarray, u: int) -> float:
+    """An upper bound of ``||A||^2``, tight for non-negative kernels.
 
-    Works in the polyphase layout: the fine map ``x`` is kept as its ``u^2``
-    phase images ``x_ab[i, j] = x[i u + a, j u + b]`` (``pixel_unshuffle``),
-    and ``A x = sum_ab x_ab * g_ab`` with ``g_ab[n, m] = h[n u - a + cy,
-    m u - b + cx]`` the kernel's polyphase components.  All FFTs are then on the
-    zero-padded *pixel* grid, which costs about 2.5 fine-grid FFTs per FISTA
-    iteration instead of 4 (and beat strided 1-D convolutions on CPU).
+    ``A A^T`` is (away from the borders) a convolution on the pixel grid with
+    the kernel's autocorrelation sampled every ``u`` cells; its largest gain is
+    at most the sum of the absolute values of that kernel, and restricting it
+    to a finite (or periodic, masked) tile can only lower it.
+    """
+    k = h.astype(np.float64)
+    ac = signal.fftconvolve(k, k[::-1, ::-1], mode="full")
+    kh, kw = k.shape
+    return float(np.abs(ac[(kh - 1) % u :: u, (kw - 1) % u :: u]).sum())
+
+
+_TAIL = 1e-4
+
+
+def _polyphase(h: np.ndarray, cy: int, cx: int, u: int):
+    """Polyphase components ``g_ab[n, m] = h[n u - a + cy, m u - b + cx]``.
+
+    Returns ``(g, ny, nx)`` with ``g`` of shape ``(u^2, 2 ny + 1, 2 nx + 1)``
+    (index ``n + ny``), trimmed to the rows / columns where any component is
+    non-zero, so ``ny, nx`` are the kernel's reach in pixels.
+    """
+    ny = (cy + u) // u + 1
+    nx = (cx + u) // u + 1
+    n = np.arange(-ny, ny + 1)
+    m = np.arange(-nx, nx + 1)
+    g = np.zeros((u * u, n.size, m.size), np.float64)
+    for a in range(u):
+        ia = n * u - a + cy
+        va = (ia >= 0) & (ia < h.shape[0])
+        for b in range(u):
+            ib = m * u - b + cx
+            vb = (ib >= 0) & (ib < h.shape[1])
+            vals = h[np.clip(ia, 0, h.shape[0] - 1)][:, np.clip(ib, 0, h.shape[1] - 1)]
+            g[a * u + b] = vals * (va[:, None] & vb[None, :])
+    # Drop the far tails (< 1e-4 of the peak, below the 4-sigma truncation of
+    # the model kernel along its wider axis): they cost margin and FFT work.
+    floor = _TAIL * np.abs(g).max()
+    nzy = np.flatnonzero(np.abs(g).max(axis=(0, 2)) > floor) - ny
+    nzx = np.flatnonzero(np.abs(g).max(axis=(0, 1)) > floor) - nx
+    ry = int(max(1, np.abs(nzy).max())) if nzy.size else 1
+    rx = int(max(1, np.abs(nzx).max())) if nzx.size else 1
+    return g[:, ny - ry : ny + ry + 1, nx - rx : nx + rx + 1], ry, rx
+
+
+class _TileOp:
+    """``A`` (blur on the fine grid, sample every ``u``-th cell) and ``A^T`` on tiles.
+
+    Works in the polyphase layout: the fine map is kept as its ``u^2`` phase
+    images ``x_ab[i, j] = x[i u + a, j u + b]`` (``pixel_unshuffle``) and
+    ``A x = sum_ab x_ab * g_ab``.  The convolutions are *periodic* FFTs on the
+    ``(ty, tx)`` tile: the tiles overlap by at least the kernel reach, only
+    their cores are kept, and a pixel mask reproduces the frame borders
+    (no scatterers outside the frame, no data term there), so no zero padding
+    is needed.  Small tiles keep the FFTs in cache (about 3x faster per pixel
+    than whole-frame FFTs on CPU).
     """
 
-    def __init__(self, h: np.ndarray, cy: int, cx: int, u: int, shape, device):
-        self.u = u
-        self.h, self.w = shape
-        self.device = device
-        self.kernel = h.astype(np.float64)
-        ny = (cy + u) // u + 1  # |n| <= ny covers the kernel support
-        nx = (cx + u) // u + 1
-        p = fast_len(self.h + 2 * ny + 1)
-        q = fast_len(self.w + 2 * nx + 1)
-        self.size = (p, q)
-        n = np.arange(-ny, ny + 1)
-        m = np.arange(-nx, nx + 1)
-        g = np.zeros((u * u, p, q), np.float32)
-        for a in range(u):
-            ia = n * u - a + cy
-            va = (ia >= 0) & (ia < h.shape[0])
-            for b in range(u):
-                ib = m * u - b + cx
-                vb = (ib >= 0) & (ib < h.shape[1])
-                vals = h[np.clip(ia, 0, h.shape[0] - 1)][:, np.clip(ib, 0, h.shape[1] - 1)]
-                vals = vals * (va[:, None] & vb[None, :])
-                g[a * u + b][np.ix_(n % p, m % q)] = vals
-        self.gf = torch.fft.rfft2(torch.from_numpy(g).to(device))  # (u^2, P, Q/2+1)
-
-    def to_phases(self, x_fine: torch.Tensor) -> torch.Tensor:
-        """``(B, uH, uW)`` -> ``(B, u^2, H, W)``."""
-        return F.pixel_unshuffle(x_fine[:, None], self.u)
-
-    def to_fine(self, x: torch.Tensor) -> torch.Tensor:
-        """``(B, u^2, H, W)`` -> ``(B, uH, uW)``."""
-        return F.pixel_shuffle(x, self.u)[:, 0]
+    def __init__(self, g: np.ndarray, ry: int, rx: int, tile: tuple[int, int], device):
+        ty, tx = tile
+        uu = g.shape[0]
+        k = np.zeros((uu, ty, tx), np.float64)
+        iy = np.arange(-ry, ry + 1) % ty
+        ix = np.arange(-rx, rx + 1) % tx
+        for c in range(uu):
+            np.add.at(k[c], np.ix_(iy, ix), g[c])
+        self.size = (ty, tx)
+        self.gf = torch.fft.rfft2(torch.from_numpy(k.astype(np.float32)).to(device))
+        self.gfc = self.gf.conj()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Phases ``(B, u^2, H, W)`` -> frames ``(B, H, W)``."""
-        xf = torch.fft.rfft2(x, s=self.size)
-        z = torch.fft.irfft2((xf * self.gf).sum(dim=1), s=self.size)
-        return z[:, : self.h, : self.w]
+        """Phases ``(N, u^2, ty, tx)`` -> frames ``(N, ty, tx)``."""
+        xf = torch.fft.rfft2(x)
+        return torch.fft.irfft2((xf * self.gf).sum(dim=1), s=self.size)
 
     def adjoint(self, r: torch.Tensor) -> torch.Tensor:
-        """Frames ``(B, H, W)`` -> phases ``(B, u^2, H, W)``."""
-        rf = torch.fft.rfft2(r, s=self.size)
-        z = torch.fft.irfft2(rf[:, None] * self.gf.conj(), s=self.size)
-        return z[:, :, : self.h, : self.w]
+        """Frames ``(N, ty, tx)`` -> phases ``(N, u^2, ty, tx)``."""
+        rf = torch.fft.rfft2(r)
+        return torch.fft.irfft2(rf[:, None] * self.gfc, s=self.size)
 
-    def lipschitz(self) -> float:
-        """An upper bound of ``||A||^2``, tight for non-negative kernels.
-
-        ``A A^T`` is (away from the borders) a convolution on the pixel grid
-        with the kernel's autocorrelation sampled every ``u`` cells; its largest
-        gain is at most the sum of the absolute values of that kernel, and the
-        restriction to a finite frame can only lower it.
-        """
-        ac = signal.fftconvolve(self.kernel, self.kernel[::-1, ::-1], mode="full")
-        kh, kw = self.kernel.shape
-        u = self.u
-        return float(np.abs(ac[(kh - 1) % u :: u, (kw - 1) % u :: u]).sum())
+    def gram(self, x: torch.Tensor) -> torch.Tensor:
+        """``A^T A x`` without the round trip through pixel space (unmasked tiles)."""
+        xf = torch.fft.rfft2(x)
+        yf = (xf * self.gf).sum(dim=1, keepdim=True)
+        return torch.fft.irfft2(yf * self.gfc, s=self.size)
 
 
-def _fista(op: _BlurSample, y: torch.Tensor, lam_rel: float, n_iter: int, nonneg: bool, L: float):
+class _Tiling:
+    """Overlapping tiles over zero-padded frames.
+
+    Frames are padded by ``(my, mx)`` (the kernel reach) on every side; tile
+    ``(p, q)`` covers padded rows ``[p cy, p cy + ty)`` and owns the core
+    ``[p cy, (p + 1) cy)`` of original rows (likewise along x).
+    """
+
+    def __init__(self, shape: tuple[int, int], reach: tuple[int, int], tile_size: int):
+        self.h, self.w = shape
+        self.my, self.mx = reach
+        self.ty, self.cy, self.ny = self._axis(self.h, self.my, tile_size)
+        self.tx, self.cx, self.nx = self._axis(self.w, self.mx, tile_size)
+
+    @staticmethod
+    def _axis(n: int, m: int, tile_size: int) -> tuple[int, int, int]:
+        t = max(int(tile_size), 4 * m)
+        if n + 2 * m <= 3 * t:  # small enough for one cache-friendly tile
+            t = fast_len(n + 2 * m)
+            return t, t - 2 * m, 1
+        t = fast_len(t)
+        c = t - 2 * m
+        return t, c, -(-n // c)
+
+    def split(self, frames: torch.Tensor) -> torch.Tensor:
+        """``(B, H, W)`` -> ``(B, ny, nx, ty, tx)`` tile views (zero outside)."""
+        b = frames.shape[0]
+        hp = self.ny * self.cy + 2 * self.my
+        wp = self.nx * self.cx + 2 * self.mx
+        pad = frames.new_zeros((b, hp, wp))
+        pad[:, self.my : self.my + self.h, self.mx : self.mx + self.w] = frames
+        return pad.unfold(1, self.ty, self.cy).unfold(2, self.tx, self.cx)
+
+    def core(self, t: torch.Tensor) -> torch.Tensor:
+        """Cores ``(..., cy, cx)`` of tiles ``(..., ty, tx)``."""
+        return t[..., self.my : self.my + self.cy, self.mx : self.mx + self.cx]
+
+
+def _fista_tiles(op, y, mask, thr, L, n_iter, nonneg, tol, check_every=5):
+    """FISTA on a batch of tiles; each tile stops once its relative change < ``tol``.
+
+    ``y, mask``: ``(N, ty, tx)``; ``thr``: ``(N,)`` soft threshold (already
+    divided by ``L``).  Returns the phases ``(N, u^2, ty, tx)``.
+    """
+    n_iter = int(n_iter)
     aty = op.adjoint(y)
-    dims = (1, 2, 3)
-    ref = aty.amax(dim=dims, keepdim=True) if nonneg else aty.abs().amax(dim=dims, keepdim=True)
-    thr = (lam_rel * ref.clamp_min(0)) / L
+    # Tiles inside the frame need no mask: A^T A is then one Fourier multiplier
+    # (8 FFTs per iteration instead of 10).
+    masked = not bool((mask == 1).all())
+    mk = mask[:, None]
+    thr = thr[:, None, None, None]
+    # v = z - (A^T A z - A^T y) / L; keep b = A^T y / L (- thr) so the step is
+    # one fused pass over z.
+    b = aty / L
+    if nonneg:
+        b = b - thr
     x = torch.zeros_like(aty)
     z = x
     t = 1.0
-    for _ in range(n_iter):
-        v = z - (op.adjoint(op.forward(z)) - aty) / L
+    out = None
+    idx = torch.arange(y.shape[0], device=y.device)
+    for k in range(n_iter):
+        ata = op.adjoint(op.forward(z) * mask) if masked else op.gram(z)
+        v = torch.add(z, ata, alpha=-1.0 / L).add_(b)
         if nonneg:
-            x_new = (v - thr).clamp_min(0)
+            x_new = v.clamp_min_(0)
         else:
-            x_new = torch.sign(v) * (v.abs() - thr).clamp_min(0)
+            x_new = torch.sign(v) * (v.abs() - thr).clamp_min_(0)
+        if masked:
+            x_new *= mk
         t_new = 0.5 * (1.0 + np.sqrt(1.0 + 4.0 * t * t))
-        z = x_new + ((t - 1.0) / t_new) * (x_new - x)
+        if tol > 0 and k < n_iter - 1 and (k + 1) % check_every == 0:
+            dx = (x_new - x).flatten(1).norm(dim=1)
+            done = dx <= tol * x_new.flatten(1).norm(dim=1)
+            if bool(done.any()):
+                if out is None:
+                    out = torch.zeros_like(x_new)
+                out[idx[done]] = x_new[done]
+                keep = ~done
+                if not bool(keep.any()):
+                    return out
+                idx, x_new, x, y, mask, mk, thr, b = (
+                    a[keep] for a in (idx, x_new, x, y, mask, mk, thr, b)
+                )
+        # z = x_new + c (x_new - x), reusing x's storage (x is not needed again).
+        c = (t - 1.0) / t_new
+        z = x_new if c == 0 or k == 0 else x.sub_(x_new).mul_(-c).add_(x_new)
         x, t = x_new, t_new
-    return op.to_fine(x)
+    if out is None:
+        return x
+    out[idx] = x
+    return out
+
+
+class _Solver:
+    """Sparse deconvolution of blocks of frames on overlapping, skippable tiles."""
+
+    def __init__(self, psf, kernel, u, shape, device, tile_size):
+        h, cy, cx = _fine_kernel(psf, kernel, u)
+        g, ry, rx = _polyphase(h.astype(np.float64), cy, cx, u)
+        self.u = u
+        self.device = device
+        self.L = _lipschitz(h, u)
+        self.tiling = _Tiling(shape, (ry, rx), tile_size)
+        tl = self.tiling
+        self.op = _TileOp(g, ry, rx, (tl.ty, tl.tx), device)
+        # Least-squares amplitude of a lone scatterer: A^T y / ||A e||^2 (worst phase).
+        self.col_norm2 = float((g**2).sum(axis=(1, 2)).min())
+        ones = torch.ones((1, tl.h, tl.w), device=device)
+        self.mask = tl.split(ones)[0].reshape(-1, tl.ty, tl.tx)  # (ny*nx, ty, tx)
+        self.full_mask = (self.mask == 1).flatten(1).all(dim=1)
+
+    def solve(self, y: torch.Tensor, lam, n_iter, nonneg, tol, skip_below, max_tiles=None):
+        """Fine maps ``(B, uH, uW)`` of frames ``y`` ``(B, H, W)``.
+
+        Tiles whose core (grown by 2 pixels) has no least-squares scatterer
+        amplitude above ``skip_below`` are not solved (their map is 0); with
+        ``skip_below=0`` only tiles that see no data at all are skipped, which
+        is exact for ``nonneg``.
+        """
+        tl, op, u = self.tiling, self.op, self.u
+        b = y.shape[0]
+        nt = tl.ny * tl.nx
+        tiles = tl.split(y).reshape(b * nt, tl.ty, tl.tx)
+        mask = self.mask.repeat(b, 1, 1)
+        seen = tiles.flatten(1).abs().amax(dim=1) > 0
+        ref = torch.zeros(b * nt, device=y.device)
+        amp = torch.zeros(b * nt, device=y.device)
+        sel = torch.nonzero(seen).flatten()
+        # ~1 MB per tensor: FISTA's FFTs and element-wise passes then run in
+        # cache (1.6x faster than 16 MB chunks on CPU).
+        chunk = max_tiles or max(1, (1 << 18) // (tl.ty * tl.tx * u * u))
+        g = 2  # pixels around the core that still count for activity
+        for s in range(0, sel.numel(), chunk):
+            ii = sel[s : s + chunk]
+            aty = op.adjoint(tiles[ii]) * mask[ii, None]
+            c = aty[..., tl.my - g : tl.my + tl.cy + g, tl.mx - g : tl.mx + tl.cx + g]
+            cc = tl.core(aty)
+            ref[ii] = (cc if nonneg else cc.abs()).amax(dim=(1, 2, 3))
+            amp[ii] = c.abs().amax(dim=(1, 2, 3)) / self.col_norm2
+        ref_f = ref.reshape(b, nt).amax(dim=1).clamp_min(0)
+        thr = (lam * ref_f / self.L).repeat_interleave(nt)
+        active = seen & (amp > skip_below)
+        cores = torch.zeros((b * nt, u * u, tl.cy, tl.cx), device=y.device)
+        inner = self.full_mask.repeat(b)
+        for group in (active & inner, active & ~inner):
+            sel = torch.nonzero(group).flatten()
+            for s in range(0, sel.numel(), chunk):
+                ii = sel[s : s + chunk]
+                x = _fista_tiles(op, tiles[ii], mask[ii], thr[ii], self.L, n_iter, nonneg, tol)
+                cores[ii] = tl.core(x)
+        fine = F.pixel_shuffle(cores, u)[:, 0]  # (b*nt, u cy, u cx)
+        fine = fine.reshape(b, tl.ny, tl.nx, u * tl.cy, u * tl.cx)
+        full = fine.permute(0, 1, 3, 2, 4).reshape(b, tl.ny * tl.cy * u, tl.nx * tl.cx * u)
+        return full[:, : u * tl.h, : u * tl.w]
 
 
 def _prepare(frames, psf, upsampling):
@@ -176,11 +346,17 @@ def deconvolve(
     upsampling: int = 2,
     lam: float = 0.05,
     n_iter: int = 100,
+    tol: float = DEFAULT_TOL,
     nonneg: bool = True,
+    skip_below: float = 0.0,
+    tile_size: int = DEFAULT_TILE,
     batch_size: int = 16,
     device: str | torch.device | None = None,
 ) -> np.ndarray:
     """Sparse scatterer maps ``x`` on the fine grid (see :func:`localise_decon`).
+
+    ``skip_below`` defaults to 0 here: only tiles that see no data at all are
+    skipped, which leaves the maps unchanged for ``nonneg``.
 
     Returns
     -------
@@ -190,17 +366,30 @@ def deconvolve(
         (the PSF model is peak-normalised).
     """
     arr, kernel, _, u = _prepare(frames, psf, upsampling)
+    _check_solver_args(lam, n_iter, tol, skip_below, tile_size)
     dev = resolve_device(device)
-    h, cy, cx = _fine_kernel(psf, kernel, u)
-    op = _BlurSample(h, cy, cx, u, arr.shape[1:], dev)
-    L = op.lipschitz()
+    solver = _Solver(psf, kernel, u, arr.shape[1:], dev, tile_size)
     out = np.empty((arr.shape[0], arr.shape[1] * u, arr.shape[2] * u), np.float32)
     bs = max(1, int(batch_size))
     with torch.no_grad():
         for s in range(0, arr.shape[0], bs):
             y = torch.from_numpy(arr[s : s + bs]).to(dev)
-            out[s : s + bs] = _fista(op, y, lam, int(n_iter), nonneg, L).cpu().numpy()
+            x = solver.solve(y, lam, int(n_iter), nonneg, float(tol), float(skip_below))
+            out[s : s + bs] = x.cpu().numpy()
     return out
+
+
+def _check_solver_args(lam, n_iter, tol, skip_below, tile_size) -> None:
+    if not np.isfinite(lam) or lam < 0:
+        raise CycleULMError(f"lam must be >= 0, got {lam!r}.")
+    if int(n_iter) < 1:
+        raise CycleULMError(f"n_iter must be >= 1, got {n_iter!r}.")
+    if not np.isfinite(tol) or tol < 0:
+        raise CycleULMError(f"tol must be >= 0, got {tol!r}.")
+    if skip_below is not None and (not np.isfinite(skip_below) or skip_below < 0):
+        raise CycleULMError(f"skip_below must be >= 0 (or None), got {skip_below!r}.")
+    if int(tile_size) < 8:
+        raise CycleULMError(f"tile_size must be >= 8 pixels, got {tile_size!r}.")
 
 
 def localise_decon(
@@ -210,11 +399,14 @@ def localise_decon(
     upsampling: int = 2,
     lam: float = 0.05,
     n_iter: int = 100,
+    tol: float = DEFAULT_TOL,
     threshold: float = 0.1,
     absolute_threshold: bool = False,
     min_distance: int | None = None,
     nonneg: bool = True,
     max_per_frame: int | None = None,
+    skip_below: float | None = None,
+    tile_size: int = DEFAULT_TILE,
     batch_size: int = 16,
     device: str | torch.device | None = None,
 ) -> Localisations:
@@ -225,7 +417,9 @@ def localise_decon(
     bound of the largest eigenvalue of ``A^T A`` from the kernel's sampled
     autocorrelation) minimises
     ``0.5 ||y - A x||^2 + lam_f ||x||_1`` with ``x >= 0``; the convolutions
-    are FFTs on the zero-padded fine grid.
+    are periodic FFTs on overlapping tiles (see the module notes); a
+    frame-border mask keeps the whole-frame model (no scatterers outside the
+    frame and no data term there).
 
     Detection: ``x`` is summed over a small box (3x3 cells for ``u <= 3``) so a
     bubble whose mass is split over neighbouring cells gives one peak; each
@@ -248,7 +442,14 @@ def localise_decon(
         Sparsity weight relative to ``max(A^T y)`` of each frame:
         ``lam_f = lam * max(A^T y_f)``; ``lam >= 1`` gives ``x = 0``.
     n_iter : int
-        FISTA iterations.
+        Maximum FISTA iterations.
+    tol : float
+        A tile stops once the relative change of its map over 5 iterations is
+        below ``tol`` (0: always ``n_iter``).  The fine-grid map keeps shifting
+        mass between neighbouring cells for hundreds of iterations, so the
+        default ``1e-3`` rarely stops a tile before ``n_iter``; ``1e-2`` stops
+        a clean isolated bubble after ~80 iterations with the same position
+        (<0.02 px).
     threshold : float
         Detection threshold on the bubble amplitude.  By default relative to the
         largest amplitude found in this call (``score = intensity / max``);
@@ -263,8 +464,17 @@ def localise_decon(
         Constrain ``x >= 0`` (otherwise plain L1 soft-thresholding).
     max_per_frame : int, optional
         Keep at most this many brightest bubbles per frame.
+    skip_below : float, optional
+        Tiles whose largest lone-scatterer amplitude ``A^T y / ||A e||^2``
+        (within 2 pixels of the core) is ``<= skip_below`` are not solved
+        (their map is 0).  Default: ``threshold / 2`` with
+        ``absolute_threshold`` (such a tile cannot yield a detection), else 0
+        (only tiles that see no data are skipped, which changes nothing).
+    tile_size : int
+        Tile size in pixels (at least 4 kernel reaches); an axis shorter than
+        3 tiles is solved in one piece.
     batch_size : int
-        Frames solved together.
+        Frames solved together (their active tiles are batched).
     device : str or torch.device, optional
         Torch device (default: CUDA when available).
 
@@ -282,20 +492,20 @@ def localise_decon(
         or invalid parameters.
     """
     arr, kernel, fwhm, u = _prepare(frames, psf, upsampling)
-    if not np.isfinite(lam) or lam < 0:
-        raise CycleULMError(f"lam must be >= 0, got {lam!r}.")
-    if int(n_iter) < 1:
-        raise CycleULMError(f"n_iter must be >= 1, got {n_iter!r}.")
+    _check_solver_args(lam, n_iter, tol, skip_below, tile_size)
     if not np.isfinite(threshold) or threshold < 0:
         raise CycleULMError(f"threshold must be >= 0, got {threshold!r}.")
     if min_distance is None:
         min_distance = max(1, int(round(0.25 * min(fwhm))))
     if int(min_distance) < 1:
         raise CycleULMError(f"min_distance must be >= 1, got {min_distance!r}.")
+    if skip_below is None:
+        # A tile whose best lone-scatterer amplitude is under half the absolute
+        # threshold cannot yield a detection; with a relative threshold the
+        # reference amplitude is unknown up front, so only empty tiles are skipped.
+        skip_below = 0.5 * float(threshold) if absolute_threshold else 0.0
     dev = resolve_device(device)
-    h, cy, cx = _fine_kernel(psf, kernel, u)
-    op = _BlurSample(h, cy, cx, u, arr.shape[1:], dev)
-    L = op.lipschitz()
+    solver = _Solver(psf, kernel, u, arr.shape[1:], dev, tile_size)
     agg = max(1, u // 2)  # aggregation half-box in cells
     r = u  # centroid half-window in cells
     off = torch.arange(-r, r + 1, device=dev, dtype=torch.float32)
@@ -304,7 +514,8 @@ def localise_decon(
     with torch.no_grad():
         for s in range(0, arr.shape[0], bs):
             y = torch.from_numpy(arr[s : s + bs]).to(dev)
-            x = _fista(op, y, lam, int(n_iter), nonneg, L).clamp_min(0)
+            x = solver.solve(y, lam, int(n_iter), nonneg, float(tol), float(skip_below))
+            x = x.clamp_min(0)
             xs = F.avg_pool2d(x[:, None], 2 * agg + 1, stride=1, padding=agg,
                               count_include_pad=True)[:, 0] * (2 * agg + 1) ** 2
             # Keep weak candidates; the threshold is applied to the final amplitudes.
