@@ -14,6 +14,7 @@ from napari_cycleulm._widgets.psf_widget import PSFWidget  # noqa: E402
 from napari_cycleulm._widgets.render_widget import RenderWidget  # noqa: E402
 from napari_cycleulm._widgets.track_widget import TrackWidget  # noqa: E402
 from napari_cycleulm._widgets.denoise_widget import DenoiseWidget  # noqa: E402
+from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -23,15 +24,6 @@ def _load_sample(viewer):
     for data, kwargs, kind in make_sample():
         layers.append(getattr(viewer, f"add_{kind}")(data, **kwargs))
     return layers
-
-
-def _run(qtbot, widget, timeout=120_000):
-    worker = widget.start()
-    assert worker is not None, widget.last_error
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=5000)
-    assert widget.last_error is None, widget.last_error
 
 
 @pytest.fixture
@@ -67,7 +59,7 @@ def test_psf_widget_estimates_from_clicked_bubbles(sample_viewer, qtbot):
     assert len(picked.data) >= 3
     # Simulate the user's clicks: a Points layer of bubble positions.
     w.points.value = picked
-    _run(qtbot, w)
+    run_widget(qtbot, w)
     assert f"{image.name} PSF" in viewer.layers
     assert f"{image.name} MB-only PSF" in viewer.layers
     true_y = image.metadata["psf_fwhm_y_px"]
@@ -92,31 +84,31 @@ def test_stage_widgets_chain_from_denoise_to_render(sample_viewer, qtbot):
     psf_w = PSFWidget(viewer)
     psf_w.image.value = small
     psf_w.auto_pick()
-    _run(qtbot, psf_w)
+    run_widget(qtbot, psf_w)
 
     den = DenoiseWidget(viewer)
     den.image.value = small
-    _run(qtbot, den)
+    run_widget(qtbot, den)
     assert "short denoised" in viewer.layers
 
     loc = LocaliseWidget(viewer)
     loc.image.value = small
     loc.psf_layer.value = viewer.layers["short PSF"]
-    _run(qtbot, loc)
+    run_widget(qtbot, loc)
     points = viewer.layers["short localisations [ncc]"]
     assert len(points.data) > 50
     assert "score" in points.features.columns
 
     tr = TrackWidget(viewer)
     tr.points.value = points
-    _run(qtbot, tr)
+    run_widget(qtbot, tr)
     tracks = viewer.layers["short tracks"]
     assert tracks.data.shape[1] == 4
 
     rw = RenderWidget(viewer)
     rw.tracks.value = tracks
     rw.reference.value = small
-    _run(qtbot, rw)
+    run_widget(qtbot, rw)
     density = viewer.layers["short SR density"]
     assert density.data.shape == (small.data.shape[1] * 4, small.data.shape[2] * 4)
     np.testing.assert_allclose(density.scale, np.asarray(small.scale[-2:]) / 4)
@@ -129,15 +121,14 @@ def test_pipeline_widget_runs_baseline_and_can_be_stopped(sample_viewer, qtbot):
     w.image.value = image
     w.block_size.value = 20
     w.pipeline.value = "baseline1"
-    _run(qtbot, w)
+    run_widget(qtbot, w)
     assert f"{image.name} SR density [baseline1]" in viewer.layers
     n_layers = len(viewer.layers)
 
     # Stop: the run ends early and adds nothing.
     w.pipeline.value = "baseline2"
-    worker = w.start()
+    assert w.start() is not None
     w.stop()
-    with qtbot.waitSignal(worker.finished, timeout=120_000):
-        pass
+    wait_for_worker(qtbot, w)
     assert f"{image.name} SR density [baseline2]" not in viewer.layers
     assert len(viewer.layers) == n_layers

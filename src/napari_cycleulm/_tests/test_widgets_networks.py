@@ -24,6 +24,7 @@ from napari_cycleulm.localise import localise_mblnet  # noqa: E402
 from napari_cycleulm.psf import PSF  # noqa: E402
 from napari_cycleulm.roi import count_patches, rois_to_mask  # noqa: E402
 from napari_cycleulm.translate import translate  # noqa: E402
+from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -36,16 +37,6 @@ def nets(tmp_path_factory):
 def _ceus(t=6, h=48, w=48, seed=0):
     rng = np.random.default_rng(seed)
     return rng.gamma(2.0, 0.2, size=(t, h, w)).astype(np.float32)
-
-
-def _run(qtbot, widget, timeout=60_000):
-    worker = widget.start()
-    assert worker is not None, widget.last_error
-    with qtbot.waitSignal(worker.finished, timeout=timeout):
-        pass
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=5000)
-    assert widget.last_error is None, widget.last_error
-    return worker
 
 
 def _shown(widget) -> bool:
@@ -79,7 +70,7 @@ def test_translate_widget_makes_mb_only_layer_with_the_input_geometry(make_napar
     w.block_size.value = 4  # several blocks: neighbours cross block borders
     w.model.use_file(nets["mbdt"])
     assert str(nets["mbdt"]) in w.model.active.value
-    _run(qtbot, w)
+    run_widget(qtbot, w)
     mb = viewer.layers["ceus MB-only"]
     assert mb.data.shape == frames.shape
     np.testing.assert_allclose(mb.scale, ceus.scale)
@@ -110,7 +101,7 @@ def test_e2e_widget_makes_sr_maps_overlaying_the_ceus(make_napari_viewer, qtbot,
     w.mbdt.use_file(nets["mbdt"])
     w.mbtnet.use_file(nets["mbtnet"])
     w.block_size.value = 8
-    _run(qtbot, w)
+    run_widget(qtbot, w)
     density = viewer.layers["ceus SR density [cycleulm-e2e]"]
     velocity = viewer.layers["ceus SR velocity [cycleulm-e2e]"]
     assert density.data.shape == velocity.data.shape == (80, 96)
@@ -128,7 +119,7 @@ def test_e2e_widget_takes_mb_only_layers_without_mbdt(make_napari_viewer, qtbot,
     assert w.mb_only.value and not _shown(w.mbdt.choice)
     w.mbdt.choice.value = "file"  # no file: must not matter, MB-DT is skipped
     w.mbtnet.use_file(nets["mbtnet"])
-    _run(qtbot, w)
+    run_widget(qtbot, w)
     assert viewer.layers["mb SR density [cycleulm-e2e]"].data.shape == (64, 64)
 
 
@@ -143,7 +134,7 @@ def test_localise_widget_runs_mblnet_on_mb_only_frames(make_napari_viewer, qtbot
     assert _shown(w.model.choice) and w.threshold.value == 0.5
     w.model.use_file(nets["mblnet"])
     w.threshold.value = 0.1  # the tiny random network is never confident
-    _run(qtbot, w)
+    run_widget(qtbot, w)
     pts = viewer.layers["mb localisations [mblnet]"]
     want = localise_mblnet(frames, nets["mblnet"], threshold=0.1, device="cpu")
     assert len(pts.data) == len(want) > 0
@@ -201,7 +192,7 @@ def test_train_widget_without_psf_reports_an_error(make_napari_viewer):
 def test_train_widget_trains_with_loss_plot_preview_and_checkpoint(train_setup, qtbot, nets, tmp_path):
     viewer, ceus, w = train_setup
     w.steps.value = 4
-    _run(qtbot, w)
+    run_widget(qtbot, w)
     assert w.history["step"] == [1, 2, 3, 4]  # log every step for short runs
     assert all(len(w.history[k]) == 4 and np.isfinite(w.history[k]).all() for k in PLOTTED_LOSSES)
     xs, ys = w.plot.lines["total"].get_data()
@@ -239,9 +230,7 @@ def test_train_widget_stop_keeps_a_loadable_checkpoint(train_setup, qtbot, tmp_p
     assert worker is not None, w.last_error
     qtbot.waitUntil(lambda: len(w.history["step"]) >= 2, timeout=30_000)
     w.stop()
-    with qtbot.waitSignal(worker.finished, timeout=30_000):
-        pass
-    qtbot.waitUntil(lambda: w.worker is None, timeout=5000)
+    wait_for_worker(qtbot, w, timeout=30_000)
     assert w.last_error is None
     assert w.status.value.startswith("stopped at step")
     ck = load_checkpoint(tmp_path / "run" / "mbdt.pt", kind="mbdt", device="cpu")
