@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -61,6 +62,8 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=(160, 160))
     ap.add_argument("--steps", type=int, default=None, help="fine-tuning steps (default: the trainer's)")
     ap.add_argument("--mbdt", default="default", help="MB-DT checkpoint to evaluate before fine-tuning")
+    ap.add_argument("--checkpoint", default=None,
+                    help="where to keep the fine-tuned MB-DT (default: a temporary folder, deleted afterwards)")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)
     out = Path(args.out)
@@ -89,10 +92,12 @@ def main(argv=None) -> int:
     t_translate = time.perf_counter() - t0
     rows.append(describe(mb, "MB-only, shipped MB-DT", "amplitude"))
 
-    t0 = time.perf_counter()
-    res = train_mbdt(sim.frames, psf, init=args.mbdt, out=out / "mbdt_finetuned.pt",
-                     **({"steps": args.steps} if args.steps else {}))
-    t_train = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        res = train_mbdt(sim.frames, psf, init=args.mbdt,
+                         out=args.checkpoint or Path(tmp) / "mbdt_finetuned.pt",
+                         **({"steps": args.steps} if args.steps else {}))
+        t_train = time.perf_counter() - t0
     mb_ft = translate(sim.frames, res.model)
     rows.append(describe(mb_ft, f"MB-only, fine-tuned {res.steps_done} steps", "amplitude"))
 
