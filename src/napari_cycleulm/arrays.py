@@ -70,3 +70,36 @@ def as_image(image, name: str = "image") -> np.ndarray:
     if arr.ndim != 2:
         raise CycleULMError(f"{name} must be a 2-D (height, width) image, got shape {arr.shape}.")
     return as_frames(arr, name=name)[0]
+
+
+def intensity_scale(frames, percentile: float = 99.9, max_values: float | None = None) -> float:
+    """Factor that maps the ``percentile`` of ``frames`` to 1.
+
+    Every network and absolute threshold in the package expects CEUS data
+    scaled this way (the 99.9th percentile of the run is 1).
+
+    Parameters
+    ----------
+    frames : array_like
+        Intensities, any shape.
+    percentile : float
+        Percentile mapped to 1.
+    max_values : float, optional
+        For huge stacks: estimate the percentile from every k-th frame so that
+        about this many values are used (None: use all values).
+
+    Returns
+    -------
+    float
+        The factor; the maximum absolute value is used when the percentile is
+        not positive, and 1 for an all-zero input.
+    """
+    arr = np.asarray(frames)
+    if max_values is not None and arr.ndim >= 1:
+        stride = max(1, int(np.ceil(arr.size / max_values)))
+        if 1 < stride < arr.shape[0]:
+            arr = arr[::stride]
+    ref = float(np.percentile(arr, percentile))
+    if ref <= 0:
+        ref = float(np.abs(arr).max())
+    return 1.0 / ref if ref > 0 else 1.0

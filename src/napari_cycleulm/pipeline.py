@@ -78,6 +78,7 @@ import numpy as np
 
 from . import io as ulm_io
 from ._atomic import write_text_atomic
+from .arrays import intensity_scale
 from .errors import CycleULMError
 from .progress import Progress, drive
 from .psf import PSF
@@ -215,14 +216,6 @@ def _stage_denoise(block: np.ndarray, spec: PipelineSpec, psf: PSF, params: dict
     if spec.denoise == "none":
         return block
     raise CycleULMError(f"unknown denoiser {spec.denoise!r}")
-
-
-def _intensity_scale(frames: np.ndarray, percentile: float = 99.9) -> float:
-    """Factor that maps the given percentile of ``frames`` to 1 (1 for an all-zero block)."""
-    ref = float(np.percentile(frames, percentile))
-    if ref <= 0:
-        ref = float(np.abs(frames).max())
-    return 1.0 / ref if ref > 0 else 1.0
 
 
 def _stage_localise(block: np.ndarray, psf: PSF, spec: PipelineSpec, params: dict) -> Localisations:
@@ -406,7 +399,7 @@ def iter_pipeline(
 
     # One intensity scale for the whole run, from the first frames (whatever
     # the block size), so that absolute thresholds mean the same in every block.
-    scale = _intensity_scale(calibration)
+    scale = intensity_scale(calibration)
     del calibration
 
     def psf_params(p):

@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from . import losses as L
-from .arrays import as_frames
+from .arrays import as_frames, intensity_scale
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .device import resolve_device
 from .errors import CycleULMError
@@ -463,18 +463,6 @@ def _plain_config(cfg: SyntheticConfig) -> dict:
 # ---------------------------------------------------------------------------
 # MB-DT
 # ---------------------------------------------------------------------------
-def _percentile_scale(frames: np.ndarray, percentile: float = NORMALISATION_PERCENTILE) -> float:
-    """Factor that maps the ``percentile`` of the stack to 1 (same rule as ``pipeline``)."""
-    t = frames.shape[0]
-    # A percentile over ~20 M values is exact enough; sub-sample frames of huge stacks.
-    stride = max(1, int(np.ceil(frames.size / 2e7)))
-    sample = frames[::stride] if stride > 1 and t > stride else frames
-    ref = float(np.percentile(sample, percentile))
-    if ref <= 0:
-        ref = float(np.abs(sample).max())
-    return 1.0 / ref if ref > 0 else 1.0
-
-
 class _CeusSource:
     """Random 3-frame CEUS patches inside an ROI, normalised, with flips."""
 
@@ -484,7 +472,7 @@ class _CeusSource:
         self.mb_psf = psf.mbonly()
         self.p = patch_size
         self.corners = patch_corners(mask, patch_size)
-        self.scale = _percentile_scale(frames)
+        self.scale = intensity_scale(frames, NORMALISATION_PERCENTILE, max_values=2e7)
         self.mask = mask
         self.kernel = L.similarity_blur_kernel(
             psf.sigma_y_px, psf.sigma_x_px, psf.theta_rad, shrink=psf.mbonly_factor
@@ -1219,7 +1207,8 @@ def validate_mbdt(
     dev = resolve_device(device)
     net = net.to(dev).eval()
     arr = as_frames(frames, "frames", min_frames=1)[:max_frames]
-    mb = translate(arr, net, scale=_percentile_scale(arr), device=dev)
+    scale = intensity_scale(arr, NORMALISATION_PERCENTILE, max_values=2e7)
+    mb = translate(arr, net, scale=scale, device=dev)
     ref = float(np.percentile(mb, NORMALISATION_PERCENTILE))
     res = {"background_level": float(np.median(mb) / ref) if ref > 0 else float("nan")}
     if gt is None:

@@ -20,18 +20,11 @@ import numpy as np
 import torch
 
 from . import io as ulm_io
-from .arrays import as_frames, as_image
+from .arrays import as_frames, as_image, intensity_scale
 from .errors import CycleULMError
 from .models import resolve_network
 
 __all__ = ["translate", "iter_translate", "intensity_scale"]
-
-
-def intensity_scale(frames, percentile: float = 99.9) -> float:
-    """Factor mapping the ``percentile`` of ``frames`` to 1 (see ``pipeline._intensity_scale``)."""
-    from .pipeline import _intensity_scale
-
-    return _intensity_scale(np.asarray(frames), percentile)
 
 
 def _check_scale(scale) -> float:
