@@ -14,6 +14,16 @@ from ..tables import Localisations, Tracks
 PSF_METADATA_KEY = "cycleulm_psf"
 
 
+def _numeric_features(layer: Layer, skip) -> dict[str, np.ndarray]:
+    """The layer's numeric feature columns, except those named in ``skip``."""
+    out = {}
+    for name in layer.features.columns:
+        col = np.asarray(layer.features[name])
+        if np.issubdtype(col.dtype, np.number) and name not in skip:
+            out[str(name)] = col
+    return out
+
+
 def frames_from_layer(layer: Image | None, name: str = "CEUS layer") -> np.ndarray:
     """The (T, H, W) float32 frames of an Image layer, with clear errors."""
     if layer is None:
@@ -39,10 +49,7 @@ def localisations_from_points(layer: Points | None) -> Localisations:
             f"Points layer {layer.name!r} has {data.shape[1]}-D points; expected (frame, y, x)."
         )
     cols = {"frame": np.round(data[:, 0]), "y": data[:, 1], "x": data[:, 2]}
-    for name in layer.features.columns:
-        col = np.asarray(layer.features[name])
-        if np.issubdtype(col.dtype, np.number) and name not in cols:
-            cols[str(name)] = col
+    cols.update(_numeric_features(layer, skip=cols))
     return Localisations(cols)
 
 
@@ -62,10 +69,7 @@ def tracks_from_layer(layer: TracksLayer | None) -> Tracks:
     if len(data) == 0 or data.shape[1] != 4:
         raise CycleULMError(f"Tracks layer {layer.name!r} must hold (track_id, frame, y, x) rows.")
     cols = {"track_id": data[:, 0], "frame": data[:, 1], "y": data[:, 2], "x": data[:, 3]}
-    for name in layer.features.columns:
-        col = np.asarray(layer.features[name])
-        if np.issubdtype(col.dtype, np.number) and name not in cols:
-            cols[str(name)] = col
+    cols.update(_numeric_features(layer, skip=cols))
     return Tracks(cols)
 
 
