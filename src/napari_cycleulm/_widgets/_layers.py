@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import napari
-from napari.layers import Image, Layer, Points, Tracks as TracksLayer
+from napari.layers import Image, Layer, Points, Shapes, Tracks as TracksLayer
 
 from ..arrays import as_frames
 from ..errors import CycleULMError
@@ -35,13 +35,19 @@ def frames_from_layer(layer: Image | None, name: str = "CEUS layer") -> np.ndarr
     return as_frames(np.asarray(layer.data), name=f"layer {layer.name!r}")
 
 
-def localisations_from_points(layer: Points | None) -> Localisations:
-    """Localisations from a Points layer with (frame, y, x) coordinates and optional features."""
+def localisations_from_points(layer: Points | None, reference: Layer | None = None) -> Localisations:
+    """Localisations from a Points layer with (frame, y, x) coordinates and optional features.
+
+    With ``reference`` (the CEUS Image layer), coordinates are mapped into its
+    pixel grid through both layers' scale and translate.
+    """
     if layer is None:
         raise CycleULMError("no Points layer selected.")
     data = np.asarray(layer.data, dtype=float)
     if len(data) == 0:
         raise CycleULMError(f"Points layer {layer.name!r} is empty: add points first.")
+    if reference is not None and data.shape[1] in (2, 3):
+        data = to_layer_coords(data, layer, reference)
     if data.shape[1] == 2:
         data = np.column_stack([np.zeros(len(data)), data])
     if data.shape[1] != 3:
@@ -111,18 +117,92 @@ def sr_layer_kwargs(reference: Layer | None, upsampling: int) -> dict:
     return dict(scale=scale / u, translate=translate - scale * (u - 1) / (2 * u))
 
 
-def add_or_replace(viewer: napari.Viewer, kind: str, data, name: str, **kwargs) -> Layer:
-    """Update the layer called ``name`` in place when it exists (same type), else add one.
+GENERATED_KEY = "cycleulm_generated"
+"""Metadata flag on every layer CycleULM makes; only such layers are ever replaced."""
 
-    Layers the user made are never removed: only a layer of the same name and
-    type, which a previous run of the same stage produced, is updated.
+RERUN_MODES = ("replace", "add numbered")
+"""What running a stage again does to its previous result layer (a user choice)."""
+
+
+def result_name(source: str, what: str, method: str | None = None) -> str:
+    """The conventional name of a result layer: ``"<source> <what> [<method>]"``.
+
+    Examples: ``"CEUS sample MB-only"``, ``"CEUS sample localisations [ncc]"``,
+    ``"CEUS sample SR density [cycleulm-loc]"``.
     """
-    cls = {"image": Image, "points": Points, "tracks": TracksLayer}[kind]
-    if name in viewer.layers and isinstance(viewer.layers[name], cls):
+    return f"{source} {what}" + (f" [{method}]" if method else "")
+
+
+def _numbered(viewer: napari.Viewer, name: str) -> str:
+    k = 2
+    while f"{name} ({k})" in viewer.layers:
+        k += 1
+    return f"{name} ({k})"
+
+
+def add_result(viewer: napari.Viewer, kind: str, data, name: str, *, mode: str = "replace",
+               **kwargs) -> Layer:
+    """Add a result layer, or update the previous result of the same name.
+
+    Parameters
+    ----------
+    kind : {"image", "points", "tracks", "shapes"}
+    name : str
+        The conventional name (see :func:`result_name`).
+    mode : {"replace", "add numbered"}
+        ``"replace"`` updates a layer of that name and type in place when
+        CycleULM made it (its metadata holds :data:`GENERATED_KEY`), keeping
+        the user's display settings; ``"add numbered"`` always adds a new layer
+        named ``"<name> (2)"``, ``"<name> (3)"``, ...  A layer the user made is
+        never changed or removed: a clash with one adds a numbered layer.
+    **kwargs
+        Layer keyword arguments; ``metadata`` is stored with the flag added.
+    """
+    if mode not in RERUN_MODES:
+        raise CycleULMError(f"unknown re-run mode {mode!r}; choose one of {RERUN_MODES}.")
+    cls = {"image": Image, "points": Points, "tracks": TracksLayer, "shapes": Shapes}[kind]
+    kwargs.pop("name", None)
+    kwargs["metadata"] = {**kwargs.get("metadata", {}), GENERATED_KEY: True}
+    if name in viewer.layers:
         layer = viewer.layers[name]
-        layer.data = data
-        for key in ("features", "scale", "translate", "metadata"):
-            if key in kwargs:
-                setattr(layer, key, kwargs[key])
-        return layer
-    return getattr(viewer, f"add_{kind}")(data, name=name, **{k: v for k, v in kwargs.items() if k != "name"})
+        ours = isinstance(layer, cls) and layer.metadata.get(GENERATED_KEY, False)
+        if mode == "replace" and ours:
+            if "features" in kwargs and kind in ("points", "tracks"):
+                # Data and features must change together or napari complains about lengths.
+                layer.data = data
+                layer.features = kwargs["features"]
+            else:
+                layer.data = data
+            for key in ("scale", "translate", "metadata"):
+                if key in kwargs:
+                    setattr(layer, key, kwargs[key])
+            return layer
+        name = _numbered(viewer, name)
+    return getattr(viewer, f"add_{kind}")(data, name=name, **kwargs)
+
+
+def add_or_replace(viewer: napari.Viewer, kind: str, data, name: str, **kwargs) -> Layer:
+    """:func:`add_result` with ``mode="replace"`` (kept for the stage widgets)."""
+    return add_result(viewer, kind, data, name, mode="replace", **kwargs)
+
+
+def to_layer_coords(points: np.ndarray, source: Layer, target: Layer | None) -> np.ndarray:
+    """Map (..., y, x) data coordinates of ``source`` into ``target``'s data coordinates.
+
+    Uses each layer's scale and translate (world = data * scale + translate),
+    so points clicked on a layer with another scale land on the right pixels of
+    the CEUS image.  Trailing axes are aligned, as napari does.
+    """
+    pts = np.asarray(points, dtype=float)
+    if target is None or len(pts) == 0:
+        return pts
+    d = pts.shape[1]
+    s_src = np.asarray(source.scale, float)[-d:]
+    t_src = np.asarray(source.translate, float)[-d:]
+    s_dst = np.asarray(target.scale, float)[-d:]
+    t_dst = np.asarray(target.translate, float)[-d:]
+    if len(s_dst) < d:  # the target has fewer axes: keep the leading source axes as they are
+        pad = d - len(s_dst)
+        s_dst = np.concatenate([s_src[:pad], s_dst])
+        t_dst = np.concatenate([t_src[:pad], t_dst])
+    return (pts * s_src + t_src - t_dst) / s_dst
