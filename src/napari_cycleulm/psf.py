@@ -534,6 +534,88 @@ def _as_points(points, n_frames: int) -> np.ndarray:
     return pts
 
 
+def _screening_radii(frames: np.ndarray, pts: np.ndarray, patch_radius, exclusion_radius):
+    """Patch radius, central-lobe radius and peak search radius for :func:`estimate_psf`."""
+    sigma_rough = _rough_sigma(frames, pts)
+    r = int(patch_radius) if patch_radius is not None else int(np.clip(np.ceil(4 * sigma_rough), 4, 30))
+    excl = float(exclusion_radius) if exclusion_radius is not None else max(2.0, 2.0 * sigma_rough)
+    search = max(1, int(round(sigma_rough)))
+    return r, excl, search
+
+
+def _screen_points(frames, pts, r, excl, search, fit_rotation, second_peak_fraction, average):
+    """Check each point and cut its re-centred patch.
+
+    Yields ``(index, reason, None)`` for a rejected point and
+    ``(index, None, (patch, (frame, y, x)))`` for an accepted one.
+    """
+    t, h, w = frames.shape
+    margin = 2  # extra pixels so the sub-pixel shift does not pull in padding
+    big = r + margin
+
+    yy, xx = np.mgrid[-big : big + 1, -big : big + 1]
+    dist = np.hypot(yy, xx)
+    border = np.zeros((2 * r + 1, 2 * r + 1), bool)
+    border[[0, -1], :] = border[:, [0, -1]] = True
+
+    for i, (fr, y, x) in enumerate(pts):
+        f = int(round(fr))
+        if not 0 <= f < t:
+            yield i, f"frame {f} does not exist (the stack has {t} frames, 0-{t - 1})", None
+            continue
+        if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
+            yield i, f"({y:.1f}, {x:.1f}) is outside the {h}x{w} image", None
+            continue
+        iy, ix = int(round(y)), int(round(x))
+        ys, xs = slice(max(iy - search, 0), iy + search + 1), slice(max(ix - search, 0), ix + search + 1)
+        sub = frames[f, ys, xs]
+        py, px = np.unravel_index(np.argmax(sub), sub.shape)
+        py, px = py + ys.start, px + xs.start
+        if py - big < 0 or px - big < 0 or py + big >= h or px + big >= w:
+            yield i, f"too close to the image border (needs {big} px around the bubble)", None
+            continue
+        raw = frames[f, py - big : py + big + 1, px - big : px + big + 1].astype(np.float64)
+        win = raw
+        core = win[margin:-margin, margin:-margin]
+        ring = core[border]
+        bg = float(np.median(ring))
+        noise = 1.4826 * float(np.median(np.abs(ring - bg)))
+        win = win - bg
+        peak = float(win[big, big])
+        if peak <= max(3.0 * noise, 1e-12):
+            yield i, "no bubble above the background at this point", None
+            continue
+        maxima = (ndimage.maximum_filter(win, size=3, mode="nearest") == win) & (
+            win > second_peak_fraction * peak
+        )
+        maxima &= dist > excl
+        if maxima.any():
+            k = np.argmax(np.where(maxima, win, -np.inf))
+            ky, kx = np.unravel_index(k, win.shape)
+            yield (
+                i,
+                f"a second bubble in the patch (maximum at {ky - big:+d}, {kx - big:+d} px, "
+                f"{100 * win[ky, kx] / peak:.0f}% of the peak)",
+                None,
+            )
+            continue
+        q, _, ok = _fit_gaussian(win, rotate=fit_rotation)
+        amp, _, cy, cx = q[:4]
+        if not ok or amp <= 0 or abs(cy - big) > 1.5 or abs(cx - big) > 1.5:
+            yield i, "the Gaussian fit on its patch failed (not a single bubble?)", None
+            continue
+        if average == "power":
+            power = raw**2
+            power_bg = float(np.median(power[margin:-margin, margin:-margin][border]))
+            shifted = ndimage.shift(power - power_bg, (big - cy, big - cx), order=3, mode="nearest")
+            shifted = shifted[margin:-margin, margin:-margin]
+            patch = shifted / max(float(shifted[r, r]), 1e-12)
+        else:
+            shifted = ndimage.shift(win, (big - cy, big - cx), order=3, mode="nearest")
+            patch = shifted[margin:-margin, margin:-margin] / amp
+        yield i, None, (patch, (f, py - big + cy, px - big + cx))
+
+
 def estimate_psf(
     frames,
     points,
@@ -606,7 +688,7 @@ def estimate_psf(
         When only 3-9 bubbles are usable (estimate uncertain).
     """
     frames = as_frames(frames)
-    t, h, w = frames.shape
+    t = frames.shape[0]
     pts = _as_points(points, t)
     if patch_radius is not None and (int(patch_radius) != patch_radius or patch_radius < 2):
         raise CycleULMError(f"patch_radius must be an integer >= 2, got {patch_radius!r}.")
@@ -617,78 +699,17 @@ def estimate_psf(
 
     if average not in ("power", "amplitude"):
         raise CycleULMError(f"average must be 'power' or 'amplitude', got {average!r}.")
-    sigma_rough = _rough_sigma(frames, pts)
-    r = int(patch_radius) if patch_radius is not None else int(np.clip(np.ceil(4 * sigma_rough), 4, 30))
-    excl = float(exclusion_radius) if exclusion_radius is not None else max(2.0, 2.0 * sigma_rough)
-    margin = 2  # extra pixels so the sub-pixel shift does not pull in padding
-    big = r + margin
-    search = max(1, int(round(sigma_rough)))
-
-    yy, xx = np.mgrid[-big : big + 1, -big : big + 1]
-    dist = np.hypot(yy, xx)
-    border = np.zeros((2 * r + 1, 2 * r + 1), bool)
-    border[[0, -1], :] = border[:, [0, -1]] = True
-
+    r, excl, search = _screening_radii(frames, pts, patch_radius, exclusion_radius)
     patches, used, used_index, rejected = [], [], [], []
-    for i, (fr, y, x) in enumerate(pts):
-        f = int(round(fr))
-        if not 0 <= f < t:
-            rejected.append((i, f"frame {f} does not exist (the stack has {t} frames, 0-{t - 1})"))
+    for i, reason, payload in _screen_points(
+        frames, pts, r, excl, search, fit_rotation, second_peak_fraction, average
+    ):
+        if reason is not None:
+            rejected.append((i, reason))
             continue
-        if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
-            rejected.append((i, f"({y:.1f}, {x:.1f}) is outside the {h}x{w} image"))
-            continue
-        iy, ix = int(round(y)), int(round(x))
-        ys, xs = slice(max(iy - search, 0), iy + search + 1), slice(max(ix - search, 0), ix + search + 1)
-        sub = frames[f, ys, xs]
-        py, px = np.unravel_index(np.argmax(sub), sub.shape)
-        py, px = py + ys.start, px + xs.start
-        if py - big < 0 or px - big < 0 or py + big >= h or px + big >= w:
-            rejected.append(
-                (i, f"too close to the image border (needs {big} px around the bubble)")
-            )
-            continue
-        raw = frames[f, py - big : py + big + 1, px - big : px + big + 1].astype(np.float64)
-        win = raw
-        core = win[margin:-margin, margin:-margin]
-        ring = core[border]
-        bg = float(np.median(ring))
-        noise = 1.4826 * float(np.median(np.abs(ring - bg)))
-        win = win - bg
-        peak = float(win[big, big])
-        if peak <= max(3.0 * noise, 1e-12):
-            rejected.append((i, "no bubble above the background at this point"))
-            continue
-        maxima = (ndimage.maximum_filter(win, size=3, mode="nearest") == win) & (
-            win > second_peak_fraction * peak
-        )
-        maxima &= dist > excl
-        if maxima.any():
-            k = np.argmax(np.where(maxima, win, -np.inf))
-            ky, kx = np.unravel_index(k, win.shape)
-            rejected.append(
-                (
-                    i,
-                    f"a second bubble in the patch (maximum at {ky - big:+d}, {kx - big:+d} px, "
-                    f"{100 * win[ky, kx] / peak:.0f}% of the peak)",
-                )
-            )
-            continue
-        q, _, ok = _fit_gaussian(win, rotate=fit_rotation)
-        amp, _, cy, cx = q[:4]
-        if not ok or amp <= 0 or abs(cy - big) > 1.5 or abs(cx - big) > 1.5:
-            rejected.append((i, "the Gaussian fit on its patch failed (not a single bubble?)"))
-            continue
-        if average == "power":
-            power = raw**2
-            power_bg = float(np.median(power[margin:-margin, margin:-margin][border]))
-            shifted = ndimage.shift(power - power_bg, (big - cy, big - cx), order=3, mode="nearest")
-            shifted = shifted[margin:-margin, margin:-margin]
-            patches.append(shifted / max(float(shifted[r, r]), 1e-12))
-        else:
-            shifted = ndimage.shift(win, (big - cy, big - cx), order=3, mode="nearest")
-            patches.append(shifted[margin:-margin, margin:-margin] / amp)
-        used.append((f, py - big + cy, px - big + cx))
+        patch, centre = payload
+        patches.append(patch)
+        used.append(centre)
         used_index.append(i)
 
     n = len(patches)
@@ -924,3 +945,266 @@ def estimate_psf_auto(frames, n: int = 20, **kw) -> PSFEstimate:
             stacklevel=2,
         )
     return best
+
+
+# ---------------------------------------------------------------------------
+# Helpers for picking bubbles by hand (the napari PSF widget uses them)
+# ---------------------------------------------------------------------------
+
+
+def _stack_for_reading(frames, name: str = "frames"):
+    """A ``(T, H, W)`` stack that is only read frame by frame (no copy, no full scan).
+
+    Arrays with ``shape``/``dtype``/indexing (numpy, dask, zarr) are kept as
+    they are so a click on a long acquisition does not convert the whole stack.
+    """
+    if not (hasattr(frames, "shape") and hasattr(frames, "dtype") and hasattr(frames, "__getitem__")):
+        frames = np.asarray(frames)
+    try:
+        dtype = np.dtype(frames.dtype)
+    except TypeError:
+        raise CycleULMError(f"{name} must be a numeric array, got dtype {frames.dtype}.") from None
+    if np.issubdtype(dtype, np.complexfloating):
+        raise CycleULMError(
+            f"{name} is complex (IQ data); take its magnitude with numpy.abs first."
+        )
+    if dtype == object or not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise CycleULMError(f"{name} must be numeric, got dtype {dtype}.")
+    if len(frames.shape) == 2:
+        frames = frames[None]
+    if len(frames.shape) != 3:
+        raise CycleULMError(
+            f"{name} must be a (frames, height, width) stack or a (height, width) image, "
+            f"got shape {tuple(frames.shape)}."
+        )
+    if 0 in tuple(frames.shape):
+        raise CycleULMError(f"{name} is empty (shape {tuple(frames.shape)}).")
+    return frames
+
+
+def _points_or_empty(points, n_frames: int) -> np.ndarray:
+    """``(N, 3)`` float points; an empty input gives ``(0, 3)`` instead of an error."""
+    if points is not None and not isinstance(points, PointTable):
+        try:
+            arr = np.asarray(points, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise CycleULMError("points must be an (N, 3) array of numbers (frame, y, x).") from None
+        if arr.size == 0:
+            return np.zeros((0, 3))
+    elif isinstance(points, PointTable) and len(points) == 0:
+        return np.zeros((0, 3))
+    return _as_points(points, n_frames)
+
+
+def snap_to_maximum(frames, points, radius_px: float = 3) -> np.ndarray:
+    """Move each point onto the brightest pixel within ``radius_px`` of it, in its frame.
+
+    Meant for clicks on bubbles: a click a couple of pixels off the bubble
+    lands on its peak.  The search disk is cut at the image border, so the
+    result is always inside the image.  Ties go to the pixel nearest the point.
+
+    Parameters
+    ----------
+    frames : array_like
+        ``(T, H, W)`` CEUS stack or one ``(H, W)`` frame.  Only the frames
+        holding points are read (numpy, dask or zarr arrays are not copied).
+    points : array_like or PointTable
+        ``(N, 3)`` ``(frame, y, x)`` pixel positions (``(N, 2)`` ``(y, x)``
+        for a single frame).  The frame is rounded to the nearest index.
+    radius_px : float
+        Search radius in pixels (a disk); 0 only rounds to the nearest pixel.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 3)`` float64 ``(frame, y, x)`` with integer-valued pixel
+        positions; ``(0, 3)`` for no points.  NaN pixels are never chosen.
+
+    Raises
+    ------
+    CycleULMError
+        If ``radius_px`` is negative or not a number, the stack is not a
+        numeric ``(T, H, W)`` array, the points are malformed, or a point is
+        in a frame that does not exist or outside the image.
+    """
+    if (
+        isinstance(radius_px, bool)
+        or not isinstance(radius_px, (int, float, np.number))
+        or not np.isfinite(radius_px)
+        or radius_px < 0
+    ):
+        raise CycleULMError(f"radius_px must be a number of pixels >= 0, got {radius_px!r}.")
+    stack = _stack_for_reading(frames)
+    t, h, w = (int(v) for v in stack.shape)
+    pts = _points_or_empty(points, t)
+    out = pts.copy()
+    if len(pts) == 0:
+        return out
+    frames_idx = np.rint(pts[:, 0]).astype(np.int64)
+    bad = np.flatnonzero((frames_idx < 0) | (frames_idx >= t))
+    if len(bad):
+        i = int(bad[0])
+        raise CycleULMError(
+            f"point {i} is in frame {frames_idx[i]}, which does not exist (the stack has {t} "
+            f"frames, 0-{t - 1}); delete it."
+        )
+    y, x = pts[:, 1], pts[:, 2]
+    bad = np.flatnonzero(~((y >= -0.5) & (y < h - 0.5) & (x >= -0.5) & (x < w - 0.5)))
+    if len(bad):
+        i = int(bad[0])
+        raise CycleULMError(
+            f"point {i} at (y={y[i]:.1f}, x={x[i]:.1f}) is outside the {h}x{w} image; "
+            f"delete it and click on a bubble inside the image."
+        )
+    r = int(np.floor(radius_px))
+    for f in np.unique(frames_idx):
+        rows = np.flatnonzero(frames_idx == f)
+        img = np.asarray(stack[int(f)], dtype=np.float64)
+        for i in rows:
+            iy, ix = int(np.rint(y[i])), int(np.rint(x[i]))
+            y0, y1 = max(iy - r, 0), min(iy + r + 1, h)
+            x0, x1 = max(ix - r, 0), min(ix + r + 1, w)
+            yy, xx = np.mgrid[y0:y1, x0:x1]
+            inside = np.hypot(yy - iy, xx - ix) <= radius_px
+            vals = np.where(inside & np.isfinite(img[y0:y1, x0:x1]), img[y0:y1, x0:x1], -np.inf)
+            best = vals.max()
+            if not np.isfinite(best):  # nothing readable around the point: only round it
+                out[i] = (f, iy, ix)
+                continue
+            cand = np.flatnonzero(vals.ravel() == best)
+            d = np.hypot(yy.ravel()[cand] - y[i], xx.ravel()[cand] - x[i])
+            k = cand[np.argmin(d)]
+            out[i] = (f, yy.ravel()[k], xx.ravel()[k])
+    return out
+
+
+def bubble_patches(frames, points, radius_px: int = 8) -> np.ndarray:
+    """Square patches of the stack around each point (for a gallery of the picks).
+
+    Parameters
+    ----------
+    frames : array_like
+        ``(T, H, W)`` CEUS stack or one ``(H, W)`` frame; only the frames
+        holding points are read.
+    points : array_like or PointTable
+        ``(N, 3)`` ``(frame, y, x)`` pixel positions, rounded to the nearest pixel.
+    radius_px : int
+        Patch half-size; patches are ``2 radius_px + 1`` pixels square.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, 2r+1, 2r+1)`` float32, centred on the points; NaN where the patch
+        leaves the image, and all NaN for a point in a frame that does not
+        exist.  A point is never an error here: the gallery shows it, and
+        :func:`estimate_psf` says why it cannot be used.
+
+    Raises
+    ------
+    CycleULMError
+        If ``radius_px`` is not an integer >= 1, the stack is not a numeric
+        ``(T, H, W)`` array or the points are malformed.
+    """
+    if isinstance(radius_px, bool) or int(radius_px) != radius_px or radius_px < 1:
+        raise CycleULMError(f"radius_px must be an integer >= 1, got {radius_px!r}.")
+    r = int(radius_px)
+    stack = _stack_for_reading(frames)
+    t, h, w = (int(v) for v in stack.shape)
+    pts = _points_or_empty(points, t)
+    out = np.full((len(pts), 2 * r + 1, 2 * r + 1), np.nan, np.float32)
+    for i, (fr, y, x) in enumerate(pts):
+        f, iy, ix = int(np.rint(fr)), int(np.rint(y)), int(np.rint(x))
+        if not 0 <= f < t:
+            continue
+        y0, y1 = max(iy - r, 0), min(iy + r + 1, h)
+        x0, x1 = max(ix - r, 0), min(ix + r + 1, w)
+        if y0 >= y1 or x0 >= x1:
+            continue
+        out[i, y0 - (iy - r) : y1 - (iy - r), x0 - (ix - r) : x1 - (ix - r)] = np.asarray(
+            stack[f, y0:y1, x0:x1], dtype=np.float32
+        )
+    return out
+
+
+def screen_bubbles(
+    frames,
+    points,
+    *,
+    patch_radius: int | None = None,
+    exclusion_radius: float | None = None,
+    fit_rotation: bool = True,
+    second_peak_fraction: float = 0.5,
+    average: str = "power",
+) -> list[str | None]:
+    """Why :func:`estimate_psf` would reject each point (None: the point is usable).
+
+    Runs exactly the per-bubble checks of :func:`estimate_psf` with the same
+    parameters, without requiring enough usable bubbles, so a user whose
+    picks all fail can see why each one does.
+
+    Parameters
+    ----------
+    frames, points, patch_radius, exclusion_radius, fit_rotation, second_peak_fraction, average
+        As for :func:`estimate_psf`.
+
+    Returns
+    -------
+    list of str or None
+        One entry per point: the rejection reason or None.
+
+    Raises
+    ------
+    CycleULMError
+        If no points are given or the stack or parameters are invalid.
+    """
+    frames = as_frames(frames)
+    pts = _as_points(points, frames.shape[0])
+    if patch_radius is not None and (int(patch_radius) != patch_radius or patch_radius < 2):
+        raise CycleULMError(f"patch_radius must be an integer >= 2, got {patch_radius!r}.")
+    if average not in ("power", "amplitude"):
+        raise CycleULMError(f"average must be 'power' or 'amplitude', got {average!r}.")
+    r, excl, search = _screening_radii(frames, pts, patch_radius, exclusion_radius)
+    reasons: list[str | None] = [None] * len(pts)
+    for i, reason, _ in _screen_points(
+        frames, pts, r, excl, search, fit_rotation, second_peak_fraction, average
+    ):
+        reasons[i] = reason
+    return reasons
+
+
+#: Short names of the reasons :func:`estimate_psf` rejects a bubble for, see :func:`rejection_kind`.
+REJECTION_KINDS = {
+    "frame": "no such frame",
+    "outside": "outside the image",
+    "border": "too close to the border",
+    "dim": "too dim",
+    "neighbour": "has a neighbour",
+    "fit": "fit failed",
+    "other": "rejected",
+}
+
+
+def rejection_kind(reason: str) -> str:
+    """The kind of a rejection reason from :func:`estimate_psf` / :func:`screen_bubbles`.
+
+    Returns
+    -------
+    str
+        A key of :data:`REJECTION_KINDS`: ``"frame"`` (no such frame),
+        ``"outside"`` (outside the image), ``"border"`` (patch would leave the
+        image), ``"dim"`` (no bubble above the background), ``"neighbour"``
+        (a second bubble in the patch), ``"fit"`` (the Gaussian fit failed) or
+        ``"other"``.
+    """
+    text = str(reason)
+    for key, marker in (
+        ("frame", "does not exist"),
+        ("outside", "outside the"),
+        ("border", "border"),
+        ("dim", "no bubble above the background"),
+        ("neighbour", "second bubble"),
+        ("fit", "fit"),
+    ):
+        if marker in text:
+            return key
+    return "other"

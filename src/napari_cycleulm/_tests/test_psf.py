@@ -12,10 +12,15 @@ from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.psf import (
     FWHM_PER_SIGMA,
     PSF,
+    REJECTION_KINDS,
+    bubble_patches,
     estimate_psf,
     estimate_psf_auto,
     gaussian_kernel,
     pick_isolated_bubbles,
+    rejection_kind,
+    screen_bubbles,
+    snap_to_maximum,
 )
 from napari_cycleulm.tables import Localisations
 
@@ -247,3 +252,114 @@ def test_json_errors(tmp_path):
     path.write_text(json.dumps(missing))
     with pytest.raises(CycleULMError, match="sigma_y_px"):
         PSF.from_json(path)
+
+
+# ---------------------------------------------------------------------------
+# Picking by hand: snapping clicks, gallery patches, rejection reasons
+# ---------------------------------------------------------------------------
+
+
+def test_snap_moves_rough_clicks_onto_the_bubble_peaks(isolated_bubbles):
+    frames, gt, _ = isolated_bubbles
+    truth = gt.positions
+    # Clicks 1-2 px off in y and x, as a user's clicks are.
+    offsets = np.array([[0, 2, -1], [0, -2, 1], [0, 1, 2], [0, -1, -2]])
+    clicks = np.round(truth) + offsets[np.arange(len(truth)) % 4]
+    snapped = snap_to_maximum(frames, clicks, radius_px=3)
+    assert snapped.shape == truth.shape
+    np.testing.assert_array_equal(snapped[:, 0], truth[:, 0])
+    # Integer pixel positions within one pixel of the sub-pixel truth.
+    np.testing.assert_array_equal(snapped, np.round(snapped))
+    assert np.hypot(*(snapped[:, 1:] - truth[:, 1:]).T).max() < 1.0
+    # Each is the brightest pixel of its frame within 3 px of the click.
+    yy, xx = np.mgrid[0:64, 0:64]
+    for (f, cy, cx), (_, y, x) in zip(clicks.astype(int), snapped.astype(int)):
+        disk = np.hypot(yy - cy, xx - cx) <= 3
+        assert frames[f, y, x] == frames[f][disk].max()
+    # Snapping twice stays on the bubble; the input is left alone.
+    again = snap_to_maximum(frames, snapped, radius_px=3)
+    assert np.abs(again - snapped).max() <= 1
+    assert np.abs(clicks - (np.round(truth) + offsets[np.arange(len(truth)) % 4])).max() == 0
+
+
+def test_snap_searches_only_within_the_radius():
+    frames = draw_bubbles((1, 32, 32), [(0, 16, 10), (0, 16, 20)], (1.0, 1.0), [0.5, 1.0])
+    # 2 px right of the dim bubble: radius 3 finds it, not the brighter one 8 px away.
+    assert snap_to_maximum(frames, [[0, 16, 12]], radius_px=3).tolist() == [[0, 16, 10]]
+    assert snap_to_maximum(frames, [[0, 16, 12]], radius_px=10).tolist() == [[0, 16, 20]]
+    # The search region is a disk: a peak at distance 3.6 (2, 3) is outside radius 3.
+    assert snap_to_maximum(frames, [[0, 18, 13]], radius_px=3)[0, 1:].tolist() != [16, 10]
+    # Radius 0 only rounds to the nearest pixel.
+    assert snap_to_maximum(frames, [[0.2, 14.6, 12.4]], radius_px=0).tolist() == [[0, 15, 12]]
+
+
+def test_snap_respects_the_image_border_and_single_frames():
+    img = draw_bubbles((1, 20, 20), [(0, 0.2, 19.0)], (1.0, 1.0))[0]
+    # A click next to a bubble in the corner stays inside the image.
+    out = snap_to_maximum(img, [[0, 1.4, 17.6]], radius_px=3)
+    assert out.tolist() == [[0, 0, 19]]
+    # (y, x) points are accepted for a single frame; no points give (0, 3).
+    assert snap_to_maximum(img, [[1.4, 17.6]], radius_px=3).tolist() == [[0, 0, 19]]
+    assert snap_to_maximum(img, np.zeros((0, 3))).shape == (0, 3)
+
+
+def test_snap_bad_input_is_a_clear_error(isolated_bubbles):
+    frames, _, _ = isolated_bubbles
+    with pytest.raises(CycleULMError, match="radius_px"):
+        snap_to_maximum(frames, [[0, 10, 10]], radius_px=-1)
+    with pytest.raises(CycleULMError, match="radius_px"):
+        snap_to_maximum(frames, [[0, 10, 10]], radius_px="3")
+    with pytest.raises(CycleULMError, match="frame 12, which does not exist"):
+        snap_to_maximum(frames, [[0, 10, 10], [12, 10, 10]])
+    with pytest.raises(CycleULMError, match="outside the 64x64 image"):
+        snap_to_maximum(frames, [[0, 10, 70]])
+    with pytest.raises(CycleULMError, match=r"\(N, 3\)"):
+        snap_to_maximum(frames, np.zeros((2, 4)))
+    with pytest.raises(CycleULMError, match="NaN"):
+        snap_to_maximum(frames, [[0, np.nan, 10]])
+    with pytest.raises(CycleULMError, match="complex"):
+        snap_to_maximum(frames.astype(np.complex64), [[0, 10, 10]])
+    with pytest.raises(CycleULMError, match="stack"):
+        snap_to_maximum(np.zeros((2, 2, 8, 8)), [[0, 1, 1]])
+
+
+def test_bubble_patches_are_centred_and_padded_with_nan(isolated_bubbles):
+    frames, gt, _ = isolated_bubbles
+    pts = np.array([[3, 20, 30], [0, 1, 62], [20, 5, 5]])
+    patches = bubble_patches(frames, pts, radius_px=4)
+    assert patches.shape == (3, 9, 9) and patches.dtype == np.float32
+    np.testing.assert_array_equal(patches[0], frames[3, 16:25, 26:35])
+    # Near the corner: the part outside the image is NaN, the rest is the image.
+    assert np.isnan(patches[1, :3]).all() and np.isnan(patches[1, :, -3:]).all()
+    np.testing.assert_array_equal(patches[1, 3:, :6], frames[0, 0:6, 58:64])
+    # A frame that does not exist gives an all-NaN patch, not an error.
+    assert np.isnan(patches[2]).all()
+    assert bubble_patches(frames, np.zeros((0, 3))).shape == (0, 17, 17)
+    with pytest.raises(CycleULMError, match="radius_px"):
+        bubble_patches(frames, pts, radius_px=0)
+
+
+def test_screen_bubbles_gives_the_reasons_estimate_psf_uses(isolated_bubbles):
+    frames, gt, _ = isolated_bubbles
+    pts = np.vstack([gt.positions[:12], [[20, 16, 16], [0, 80.0, 16], [1, 2.0, 30.0], [2, 30.0, 31.0]]])
+    est = estimate_psf(frames, pts)
+    reasons = screen_bubbles(frames, pts)
+    assert len(reasons) == len(pts)
+    assert [i for i, why in enumerate(reasons) if why is None] == est.used_index.tolist()
+    assert [(i, why) for i, why in enumerate(reasons) if why is not None] == est.rejected
+    kinds = [rejection_kind(why) for why in reasons[12:]]
+    assert kinds == ["frame", "outside", "border", "dim"]
+    # Too few usable bubbles for an estimate: screening still says why for each.
+    few = screen_bubbles(frames, pts[12:])
+    assert all(why is not None for why in few)
+
+
+def test_rejection_kinds_cover_every_reason():
+    # A second bubble 9 px away is a neighbour; 6 px away the two merge and the fit fails.
+    for dx, kind in [(9, "neighbour"), (6, "fit")]:
+        pts = np.array([[0, 20, 20], [0, 20, 20 + dx]], float)
+        frames = draw_bubbles((1, 64, 64), pts, (1.5, 2.0), [1.0, 0.8])
+        (why,) = screen_bubbles(frames, pts[:1])
+        assert rejection_kind(why) == kind, why
+    assert rejection_kind("something else") == "other"
+    assert set(REJECTION_KINDS) == {"frame", "outside", "border", "dim", "neighbour", "fit", "other"}
