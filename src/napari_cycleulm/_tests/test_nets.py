@@ -78,7 +78,25 @@ def test_g_ab_output_is_non_negative_and_g_ba_is_signed():
     assert m.g_ab(torch.randn(2, 3, 24, 24)).min() >= 0
     assert m.g_ba(torch.randn(2, 1, 24, 24)).min() < 0
     relu = MBDT(base_channels=4, output_activation="relu")
-    assert relu.g_ab(torch.randn(2, 3, 24, 24)).min() == 0
+    with torch.no_grad():
+        relu.g_ab.head.bias.fill_(-100.0)  # every pre-activation negative: relu gives exact zeros
+    assert relu.g_ab(torch.randn(2, 3, 24, 24)).max() == 0
+
+
+def test_generators_keep_absolute_amplitude_and_old_configs_load():
+    """Without normalisation, a 10x brighter input changes G_AB's output (bubbles vs clutter is
+    an amplitude question); ``norm=`` (checkpoints before 0.2) still sets all four networks."""
+    m = MBDT(base_channels=4, disc_channels=4)
+    assert m.config["generator_norm"] == "none" and m.config["disc_norm"] == "instance"
+    x = torch.rand(1, 3, 24, 24)
+    with torch.no_grad():
+        change = (m.g_ab(x) - m.g_ab(10 * x)).abs().max()
+    assert change > 5e-3
+    old = MBDT(base_channels=4, disc_channels=4, norm="instance")
+    assert old.config["generator_norm"] == old.config["disc_norm"] == "instance"
+    with torch.no_grad():  # instance norm: a global gain change is normalised away (up to eps)
+        a, b = old.g_ab(x), old.g_ab(10 * x)
+    assert torch.allclose(a, b, atol=1e-3)
 
 
 def test_discriminator_gives_a_patch_map_on_40x40():

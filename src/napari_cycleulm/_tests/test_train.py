@@ -7,7 +7,7 @@ import torch
 from napari_cycleulm import train
 from napari_cycleulm.checkpoint import load_checkpoint
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.progress import Cancelled
+from napari_cycleulm.progress import Cancelled, drive
 from napari_cycleulm.psf import PSF
 
 from .conftest import draw_bubbles
@@ -210,3 +210,35 @@ def test_validate_mblnet_and_mbtnet_report_metrics():
     assert m["recall"] == 0.0  # an untrained net (p ~ 0.02) detects nothing
     v = train.validate_mbtnet(MBTNet(), (0.5, 1.5), n=2)
     assert 0 <= v["dice"] <= 1 and np.isfinite(v["velocity_rmse_px_per_frame"])
+
+
+def _bubble_stack(n_per_frame, seed=0, shape=(20, 80, 80)):
+    rng = np.random.default_rng(seed)
+    pts = [(f, y, x) for f in range(shape[0]) for y, x in rng.uniform(6, shape[1] - 6, (n_per_frame, 2))]
+    frames = draw_bubbles(shape, pts, (1.5, 2.0), rng.uniform(0.5, 1.0, len(pts)))
+    frames += np.abs(rng.normal(0, 0.03, frames.shape)).astype(np.float32)
+    return frames / np.percentile(frames, 99.9)
+
+
+def test_domain_b_matches_the_data_bubble_count():
+    """Domain B's count follows the data: a sparse stack gets few synthetic bubbles per patch."""
+    sparse, info_s = train.domain_b_config(_bubble_stack(2), CEUS_PSF, n_frames=20)
+    dense, info_d = train.domain_b_config(_bubble_stack(12), CEUS_PSF, n_frames=20)
+    # 2 bubbles in 80x80 -> 0.5 per 40x40 patch; 12 -> 3 per patch.  The
+    # white noise adds some specks; overlaps hide some bubbles.
+    assert 0.25 < info_s["mbs_per_patch"] < 1.25
+    assert 1.5 < info_d["mbs_per_patch"] < 4.5
+    assert sparse.n_min == 0 and dense.n_min == 0
+    assert 2 <= sparse.n_max <= 5
+    assert dense.n_max >= 2 * sparse.n_max
+    lo, hi = dense.intensity_range
+    assert 0.05 <= lo < hi <= 1.5
+
+
+def test_mbdt_domain_b_defaults_to_the_data_and_records_it(stack):
+    gen = train.iter_train_mbdt(stack, CEUS_PSF, **mbdt_kw(steps=1))
+    res = drive(gen)
+    assert res.config["domain_b"] == "matched to the data"
+    assert res.config["domain_b_measured"][0]["frames_measured"] == len(stack)
+    given = train.train_mbdt(stack, CEUS_PSF, synthetic_config=train.SyntheticConfig(n_max=5), **mbdt_kw(steps=1))
+    assert given.config["domain_b"] == "given" and given.config["synthetic_config"]["n_max"] == 5

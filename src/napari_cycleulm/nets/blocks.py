@@ -31,8 +31,9 @@ def make_norm(norm: str, channels: int) -> nn.Module:
     """Normalisation layer by name: ``"instance"``, ``"batch"`` or ``"none"``.
 
     Instance norm has no affine parameters and no running statistics (as in
-    CycleGAN), so a generator behaves the same on a 40x40 patch batch and on a
-    single full frame.
+    CycleGAN), but it removes each image's absolute level and contrast, which
+    is what tells a bubble from clutter in CEUS data: networks that must
+    respond to absolute amplitudes (MB-DT's generators, MBL-Net) use ``"none"``.
     """
     _check_choice("norm", norm, NORMS)
     if norm == "instance":

@@ -157,8 +157,19 @@ class MBDT(nn.Module):
         Discriminator width.
     disc_layers : int
         Stride-2 layers of the discriminators.
-    norm : str
-        Normalisation of all four networks (``"instance"``).
+    generator_norm : str
+        Normalisation of the generators: ``"none"`` (default).  Bubble and
+        clutter differ mainly in absolute amplitude (the data are scaled so the
+        stack's 99.9th percentile is 1), and instance norm removes exactly that
+        per image: a 40 x 40 background patch is stretched to the variance of
+        a bubble patch, so the generator cannot tell them apart (measured:
+        translating full frames tile by tile with an instance-norm MB-DT made
+        bubbles out of background speckle).
+    disc_norm : str
+        Normalisation of the discriminators (``"instance"``, CycleGAN), on all
+        but their first layer, which sees absolute amplitudes.
+    norm : str, optional
+        Sets both (checkpoints before version 0.2 store ``norm="instance"``).
     output_activation : str
         Output of ``g_ab``: ``"softplus"`` (default) or ``"relu"``.
 
@@ -175,28 +186,33 @@ class MBDT(nn.Module):
         base_channels: int = 16,
         disc_channels: int = 16,
         disc_layers: int = 3,
-        norm: str = "instance",
+        generator_norm: str = "none",
+        disc_norm: str = "instance",
+        norm: str | None = None,
         output_activation: str = "softplus",
     ) -> None:
         super().__init__()
+        if norm is not None:
+            generator_norm = disc_norm = norm
         self.config = dict(
             ceus_channels=ceus_channels,
             mb_channels=mb_channels,
             base_channels=base_channels,
             disc_channels=disc_channels,
             disc_layers=disc_layers,
-            norm=norm,
+            generator_norm=generator_norm,
+            disc_norm=disc_norm,
             output_activation=output_activation,
         )
         self.g_ab = Generator(
-            ceus_channels, mb_channels, base_channels, norm=norm,
+            ceus_channels, mb_channels, base_channels, norm=generator_norm,
             output_activation=output_activation,
         )
         self.g_ba = Generator(
-            mb_channels, ceus_channels, base_channels, norm=norm, output_activation="none"
+            mb_channels, ceus_channels, base_channels, norm=generator_norm, output_activation="none"
         )
-        self.d_a = Discriminator(ceus_channels, disc_channels, disc_layers, norm=norm)
-        self.d_b = Discriminator(mb_channels, disc_channels, disc_layers, norm=norm)
+        self.d_a = Discriminator(ceus_channels, disc_channels, disc_layers, norm=disc_norm)
+        self.d_b = Discriminator(mb_channels, disc_channels, disc_layers, norm=disc_norm)
 
     def translate(self, frames: torch.Tensor) -> torch.Tensor:
         """CEUS -> MB-only with ``g_ab``.
