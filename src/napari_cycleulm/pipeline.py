@@ -49,8 +49,9 @@ halved), intensities uniform in 0.1-1, densities 5 / 20 / 60 bubbles per
   PSF at s = 0.02) at <= 6 % less recall than 0.03-0.05 on clean frames.
 * ``cycleulm-loc`` 0.5 (3x3 summed probability): more likely a bubble than
   not, by construction of the calibrated presence loss (not measured).
-* ``cycleulm-e2e`` 0.5 (trajectory probability a pixel must reach to count;
-  not measured).
+* ``cycleulm-e2e`` 0.3 (trajectory probability a pixel must reach to count;
+  best trajectory F1 on synthetic sequences of three PSF sizes, see
+  :data:`napari_cycleulm.e2e.PROB_THRESHOLD`).
 
 All four must be re-checked on real MB-DT output (clutter -6/-12/-20 dB,
 several densities and PSF sizes) once default weights are trained.
@@ -80,6 +81,7 @@ from . import io as ulm_io
 from ._atomic import write_text_atomic
 from .arrays import intensity_scale
 from .errors import CycleULMError
+from .e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
 from .progress import Progress, drive
 from .psf import PSF
 from .render import SRMaps, SRRenderer
@@ -130,7 +132,7 @@ PIPELINES: dict[str, PipelineSpec] = {
     ),
     "cycleulm-loc": PipelineSpec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking", 0.5),
     "cycleulm-e2e": PipelineSpec(
-        "cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)", 0.5
+        "cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)", E2E_PROB_THRESHOLD
     ),
 }
 
