@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import napari
 from napari.layers import Image, Layer, Points, Shapes, Tracks as TracksLayer
 
+from .. import __version__
+from .._json import jsonable
 from ..arrays import as_frames
 from ..errors import CycleULMError
 from ..psf import PSF
@@ -102,6 +106,17 @@ def psf_from_layer(layer: Layer | None) -> PSF:
     return PSF.from_dict(payload)
 
 
+def psf_params(psf: PSF | None) -> dict | None:
+    """The numbers of a PSF worth recording in a result's parameters (no kernels)."""
+    if psf is None:
+        return None
+    return jsonable({
+        "sigma_y_px": psf.sigma_y_px, "sigma_x_px": psf.sigma_x_px, "theta_rad": psf.theta_rad,
+        "fwhm_y_px": psf.fwhm_y_px, "fwhm_x_px": psf.fwhm_x_px, "n_bubbles": psf.n_bubbles,
+        "pixel_size_um": psf.pixel_size_um,
+    })
+
+
 def sr_layer_kwargs(reference: Layer | None, upsampling: int) -> dict:
     """Scale and translate that make an SR map (upsampled x ``upsampling``) overlay ``reference``.
 
@@ -115,6 +130,42 @@ def sr_layer_kwargs(reference: Layer | None, upsampling: int) -> dict:
         scale = np.asarray(reference.scale[-2:], float)
         translate = np.asarray(reference.translate[-2:], float)
     return dict(scale=scale / u, translate=translate - scale * (u - 1) / (2 * u))
+
+
+def add_sr_layers(viewer: napari.Viewer, maps, origin: str, method: str | None, reference: Layer | None,
+                  metadata: dict, *, mode: str = "replace", direction: bool = False) -> list[Layer]:
+    """Add the SR maps of a run as ``<origin> SR density / velocity [/ direction] [method]``.
+
+    Parameters
+    ----------
+    maps : render.SRMaps
+        The maps (upsampled grid).
+    reference : Layer or None
+        The CEUS layer the maps must overlay (:func:`sr_layer_kwargs`).
+    metadata : dict
+        The run's :func:`result_metadata`; ``upsampling``, ``sr_pixel_size_um``
+        and (velocity, direction) ``unit`` are added.
+    direction : bool
+        Also add the flow direction map (hidden, ``twilight``).
+
+    Returns
+    -------
+    list of Layer
+        Density (``hot``, additive), velocity (``turbo``, hidden) and direction layers.
+    """
+    geo = sr_layer_kwargs(reference, maps.upsampling)
+    meta = {**metadata, "upsampling": int(maps.upsampling), "sr_pixel_size_um": maps.pixel_size_um}
+    layers = [
+        add_result(viewer, "image", maps.density, result_name(origin, "SR density", method), mode=mode,
+                   colormap="hot", blending="additive", metadata=meta, **geo),
+        add_result(viewer, "image", maps.velocity, result_name(origin, "SR velocity", method), mode=mode,
+                   colormap="turbo", visible=False, metadata={**meta, "unit": maps.velocity_unit}, **geo),
+    ]
+    if direction:
+        layers.append(add_result(viewer, "image", maps.direction, result_name(origin, "SR direction", method),
+                                 mode=mode, colormap="twilight", visible=False,
+                                 metadata={**meta, "unit": "rad"}, **geo))
+    return layers
 
 
 GENERATED_KEY = "cycleulm_generated"
@@ -182,8 +233,87 @@ def add_result(viewer: napari.Viewer, kind: str, data, name: str, *, mode: str =
 
 
 def add_or_replace(viewer: napari.Viewer, kind: str, data, name: str, **kwargs) -> Layer:
-    """:func:`add_result` with ``mode="replace"`` (kept for the stage widgets)."""
+    """:func:`add_result` with ``mode="replace"`` (for layers with no re-run choice, e.g. live previews)."""
     return add_result(viewer, kind, data, name, mode="replace", **kwargs)
+
+
+#: Metadata key of the provenance record on every result layer (see :func:`result_metadata`).
+RESULT_KEY = "cycleulm"
+
+#: Source-layer metadata copied onto every result so that units survive the chain of stages.
+UNIT_KEYS = ("pixel_size_um", "frame_rate_hz")
+
+_DERIVED_NAME = re.compile(r"^(?P<origin>.+) (?:localisations|tracks) \[(?P<method>[^\]]+)\](?: \(\d+\))?$")
+
+
+def origin_of(layer: Layer | None) -> tuple[str | None, str | None]:
+    """``(origin, method)``: the CEUS layer name a result derives from, and the method tag.
+
+    Read from the provenance record (:func:`result_metadata`) when there is
+    one, else from a conventional name (``"<origin> localisations [<method>]"``),
+    else the layer is its own origin with no method.  Tracks made from a user's
+    ``clicks`` Points layer are therefore ``"clicks tracks"``.
+    """
+    if layer is None:
+        return None, None
+    record = layer.metadata.get(RESULT_KEY)
+    if isinstance(record, dict) and record.get("origin"):
+        return str(record["origin"]), record.get("method")
+    m = _DERIVED_NAME.match(layer.name)
+    if m:
+        return m["origin"], m["method"]
+    return layer.name, None
+
+
+def result_metadata(stage: str, source: Layer | None, params: dict | None = None, *,
+                    origin: str | None = None, method: str | None = None, **extra) -> dict:
+    """Metadata of a result layer: provenance record plus the source's units.
+
+    Parameters
+    ----------
+    stage : str
+        What made the layer (``"localise"``, ``"pipeline"``...).
+    source : Layer or None
+        The layer the stage read.
+    params : dict, optional
+        Every parameter used (numpy values are converted to JSON types).
+    origin, method : str, optional
+        The CEUS layer at the start of the chain and the method tag; default:
+        :func:`origin_of` ``(source)``.
+    **extra
+        More top-level keys (e.g. ``unit``, ``mb_only``).
+
+    Returns
+    -------
+    dict
+        ``{"cycleulm": {"stage", "source", "origin", "method", "params",
+        "version"}, "pixel_size_um", "frame_rate_hz", **extra}`` (units only when
+        the source knows them).
+    """
+    src_origin, src_method = origin_of(source)
+    meta = {
+        RESULT_KEY: {
+            "stage": stage,
+            "source": None if source is None else source.name,
+            "origin": origin if origin is not None else src_origin,
+            "method": method if method is not None else src_method,
+            "params": jsonable(dict(params or {})),
+            "version": __version__,
+        }
+    }
+    if source is not None:
+        for key in UNIT_KEYS:
+            if source.metadata.get(key) is not None:
+                meta[key] = jsonable(source.metadata[key])
+    meta.update(extra)
+    return meta
+
+
+def geometry_of(source: Layer | None) -> dict:
+    """``scale`` and ``translate`` of ``source``, for results on the same grid (Points, Tracks, stacks)."""
+    if source is None:
+        return {}
+    return dict(scale=np.array(source.scale, float), translate=np.array(source.translate, float))
 
 
 def to_layer_coords(points: np.ndarray, source: Layer, target: Layer | None) -> np.ndarray:

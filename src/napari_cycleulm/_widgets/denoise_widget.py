@@ -10,7 +10,7 @@ from napari.layers import Image
 from ..io import iter_blocks
 from ..progress import Progress
 from ._base import StageWidget
-from ._layers import add_or_replace, frames_from_layer
+from ._layers import add_result, frames_from_layer, geometry_of, result_metadata, result_name
 
 
 class DenoiseWidget(StageWidget):
@@ -30,6 +30,12 @@ class DenoiseWidget(StageWidget):
         from ..preprocess import adaptive_threshold, svd_clutter_filter
 
         layer = self.image.value
+        self._source = layer
+        if self.method.value == "SVD clutter filter":
+            self._params = {"method": "svd", "cutoff": self.cutoff.value or None}
+        else:
+            self._params = {"method": "adaptive threshold", "window": self.window.value or None,
+                            "sensitivity": self.sensitivity.value}
         if self.method.value == "SVD clutter filter":
             data = np.asarray(layer.data) if layer is not None else None
             frames = data if data is not None and np.iscomplexobj(data) else frames_from_layer(layer)
@@ -56,12 +62,8 @@ class DenoiseWidget(StageWidget):
         return run()
 
     def done(self, out) -> None:
-        src = self.image.value
-        name = f"{src.name if src is not None else 'CEUS'} denoised"
-        add_or_replace(self.viewer, "image", out, name, colormap="gray",
-                       scale=src.scale if src is not None else None,
-                       translate=src.translate if src is not None else None,
-                       metadata={"cycleulm": {"stage": "denoise", "method": self.method.value,
-                                              "window": self.window.value, "sensitivity": self.sensitivity.value,
-                                              "cutoff": self.cutoff.value}})
+        src = self._source
+        meta = result_metadata("denoise", src, self._params, method=None)
+        add_result(self.viewer, "image", out, result_name(src.name, "denoised"), mode=self.rerun_mode,
+                   colormap="gray", metadata=meta, **geometry_of(src))
         self.status.value = "done"

@@ -11,7 +11,7 @@ from ..io import iter_blocks
 from ..progress import Progress
 from ..translate import iter_translate
 from ._base import StageWidget
-from ._layers import add_or_replace, frames_from_layer, sr_layer_kwargs
+from ._layers import add_sr_layers, frames_from_layer, origin_of, result_metadata
 from ._model_picker import ModelPicker
 from .translate_widget import MB_ONLY_KEY
 
@@ -57,6 +57,12 @@ class E2EWidget(StageWidget):
         fr = layer.metadata.get("frame_rate_hz")
         if px is None or fr is None:
             px = fr = None  # result() needs both for mm/s, else px/frame
+        self._source = layer
+        self._params = {
+            "mb_only_input": mb_only, "block_size": block, "upsampling": u,
+            "mbdt": None if mbdt is None else (str(mbdt.path) if mbdt.path else "default"),
+            "mbtnet": str(mbtnet.path) if mbtnet.path else "default",
+        }
 
         def run():
             n = len(frames)
@@ -72,13 +78,9 @@ class E2EWidget(StageWidget):
         return run()
 
     def done(self, maps) -> None:
-        src = self.image.value
-        name = src.name
-        geo = sr_layer_kwargs(src, maps.upsampling)
-        meta = {"cycleulm": {"stage": "e2e", "mb_only_input": self.mb_only.value}}
-        add_or_replace(self.viewer, "image", maps.density, f"{name} SR density [{TAG}]",
-                       colormap="hot", blending="additive", metadata=meta, **geo)
-        add_or_replace(self.viewer, "image", maps.velocity, f"{name} SR velocity [{TAG}]",
-                       colormap="turbo", visible=False,
-                       metadata={**meta, "unit": maps.velocity_unit}, **geo)
+        src = self._source
+        # An MB-only layer made by the Translate widget names its results after the CEUS layer it came from.
+        origin = origin_of(src)[0] if self._params["mb_only_input"] else src.name
+        meta = result_metadata("e2e", src, self._params, origin=origin, method=TAG)
+        add_sr_layers(self.viewer, maps, origin, TAG, src, meta, mode=self.rerun_mode)
         self.status.value = f"done; velocity in {maps.velocity_unit}"

@@ -12,7 +12,10 @@ from ..models import check_psf_in_range
 from ..progress import Progress
 from ..tables import Localisations
 from ._base import StageWidget
-from ._layers import PSF_METADATA_KEY, add_or_replace, frames_from_layer, points_kwargs, psf_from_layer
+from ._layers import (
+    PSF_METADATA_KEY, add_result, frames_from_layer, geometry_of, points_kwargs, psf_from_layer, psf_params,
+    result_metadata, result_name,
+)
 from ._model_picker import ModelPicker
 
 #: Default thresholds per method: NCC score, deconvolution amplitude (frame intensity units),
@@ -48,12 +51,15 @@ class LocaliseWidget(StageWidget):
     def work(self):
         from ..localise import localise
 
-        frames = frames_from_layer(self.image.value)
+        layer = self.image.value
+        frames = frames_from_layer(layer)
         method, threshold = self.method.value, self.threshold.value
         kw: dict = {}
+        params: dict = {"method": method, "threshold": threshold}
         if method == "mblnet":
             ck = self.model.load()
             kw["model"] = ck
+            params["model"] = str(ck.path) if ck.path else "default"
             psf = None
             psf_layer = self.psf_layer.value
             if psf_layer is not None and PSF_METADATA_KEY in psf_layer.metadata:
@@ -67,6 +73,10 @@ class LocaliseWidget(StageWidget):
             psf = psf_from_layer(self.psf_layer.value)
             if method == "decon":
                 kw["absolute_threshold"] = True
+            params["psf_layer"] = self.psf_layer.value.name
+            params["psf"] = psf_params(psf)
+        params.update({k: v for k, v in kw.items() if k != "model"})
+        self._source, self._params = layer, params
 
         def run():
             parts = []
@@ -84,10 +94,9 @@ class LocaliseWidget(StageWidget):
         return run()
 
     def done(self, locs: Localisations) -> None:
-        src = self.image.value
-        name = f"{src.name} localisations [{self.method.value}]"
-        data, kw = points_kwargs(locs, name, scale=src.scale, translate=src.translate,
-                                 metadata={"cycleulm": {"stage": "localise", "method": self.method.value,
-                                                        "threshold": self.threshold.value}})
-        add_or_replace(self.viewer, "points", data, **kw)
+        src, method = self._source, self._params["method"]
+        meta = result_metadata("localise", src, self._params, method=method)
+        data, kw = points_kwargs(locs, result_name(src.name, "localisations", method), metadata=meta,
+                                 **geometry_of(src))
+        add_result(self.viewer, "points", data, mode=self.rerun_mode, **kw)
         self.status.value = f"{len(locs)} localisations"

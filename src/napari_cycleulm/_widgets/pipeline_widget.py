@@ -1,14 +1,123 @@
-"""Run a whole named pipeline on a CEUS layer in one click."""
+"""Run a whole named pipeline on a CEUS layer in one click.
+
+:func:`pipeline_job` (inputs checked on the UI thread -> the core's generator)
+and :func:`add_pipeline_layers` (result -> layers) are shared with the
+workflow dock, so both run and show pipelines the same way.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Generator
+
 import napari
 from magicgui.widgets import ComboBox, SpinBox
-from napari.layers import Image
+from napari.layers import Image, Layer
 
-from ..pipeline import PIPELINES, iter_pipeline
+from .._json import jsonable
+from ..errors import CycleULMError
+from ..pipeline import PIPELINES, PipelineResult, iter_pipeline
+from ..progress import Progress
 from ._base import StageWidget
-from ._layers import add_or_replace, frames_from_layer, points_kwargs, psf_from_layer, sr_layer_kwargs, tracks_kwargs
+from ._layers import (
+    RESULT_KEY, add_result, add_sr_layers, frames_from_layer, geometry_of, points_kwargs, psf_from_layer,
+    result_metadata, result_name, tracks_kwargs,
+)
+
+
+def pipeline_job(
+    layer: Image | None, pipeline: str, psf_layer: Layer | None = None, *, block_size: int = 200,
+    upsampling: int = 4, models: dict | None = None,
+) -> tuple[Generator[Progress, None, PipelineResult], dict]:
+    """Check a pipeline's inputs and return its generator, ready for a worker.
+
+    Everything that can be checked before the run is checked here, on the UI
+    thread, so that a bad input is reported at once: the frames, the PSF layer
+    and the networks the pipeline needs (loaded here).
+
+    Parameters
+    ----------
+    layer : Image or None
+        CEUS stack (T, H, W); ``pixel_size_um`` / ``frame_rate_hz`` are read from its metadata.
+    pipeline : str
+        One of :data:`~napari_cycleulm.pipeline.PIPELINES`.
+    psf_layer : Layer or None
+        A layer holding a PSF (the PSF widget's ``<input> PSF``); None: ``"auto"``.
+    block_size, upsampling : int
+        See :func:`~napari_cycleulm.pipeline.iter_pipeline`.
+    models : dict, optional
+        ``{"mbdt" | "mblnet" | "mbtnet": "default" | path}``; default weights otherwise.
+
+    Returns
+    -------
+    generator, dict
+        :func:`~napari_cycleulm.pipeline.iter_pipeline`'s generator and the
+        widget-level parameters (PSF layer, model sources) to record with the result.
+
+    Raises
+    ------
+    CycleULMError
+        No or bad layer, unknown pipeline, a layer without PSF, missing weights.
+    """
+    from ..models import load_model
+
+    frames = frames_from_layer(layer)
+    if pipeline not in PIPELINES:
+        raise CycleULMError(f"unknown pipeline {pipeline!r}; choose one of {sorted(PIPELINES)}.")
+    psf = psf_from_layer(psf_layer) if psf_layer is not None else "auto"
+    sources = {kind: (models or {}).get(kind) or "default" for kind in PIPELINES[pipeline].networks}
+    nets = {kind: load_model(kind, source) for kind, source in sources.items()}
+    extra = {"psf_layer": psf_layer.name if psf_layer is not None else "auto",
+             "models": {kind: str(source) for kind, source in sources.items()}}
+    gen = iter_pipeline(
+        frames, pipeline, psf,
+        block_size=block_size, upsampling=upsampling,
+        pixel_size_um=layer.metadata.get("pixel_size_um"),
+        frame_rate_hz=layer.metadata.get("frame_rate_hz"),
+        **nets,
+    )
+    return gen, extra
+
+
+def add_pipeline_layers(viewer: napari.Viewer, source: Image, result: PipelineResult, *, mode: str = "replace",
+                        extra_params: dict | None = None) -> list[Layer]:
+    """Show a pipeline result as layers overlaying ``source``.
+
+    Adds ``<source> localisations [<pipeline>]`` (hidden; not for
+    ``cycleulm-e2e``, which makes none), ``<source> tracks [<pipeline>]``
+    (hidden; when any track was found), ``<source> SR density [<pipeline>]``
+    and ``<source> SR velocity [<pipeline>]``, each with the run's parameters
+    and (``metadata["cycleulm"]["summary"]``) counts and timings in its metadata.
+
+    Returns
+    -------
+    list of Layer
+        The layers added or updated.
+    """
+    params = {**result.params, **(extra_params or {})}
+    summary = {k: v for k, v in result.summary().items() if k != "params"}
+    meta = result_metadata("pipeline", source, params, origin=source.name, method=result.pipeline)
+    meta[RESULT_KEY]["summary"] = jsonable(summary)
+    layers = []
+    name = source.name
+    e2e = PIPELINES[result.pipeline].localise == "e2e"
+    if result.localisations is not None and not e2e:
+        data, kw = points_kwargs(result.localisations, result_name(name, "localisations", result.pipeline),
+                                 metadata=meta, visible=False, **geometry_of(source))
+        layers.append(add_result(viewer, "points", data, mode=mode, **kw))
+    if result.tracks is not None and len(result.tracks):
+        data, kw = tracks_kwargs(result.tracks, result_name(name, "tracks", result.pipeline),
+                                 metadata=meta, visible=False, **geometry_of(source))
+        layers.append(add_result(viewer, "tracks", data, mode=mode, **kw))
+    layers += add_sr_layers(viewer, result.maps, name, result.pipeline, source, meta, mode=mode)
+    return layers
+
+
+def describe_result(result: PipelineResult) -> str:
+    """One status line: counts and time."""
+    seconds = sum(result.timings_s.values())
+    if PIPELINES[result.pipeline].localise == "e2e":
+        return f"SR maps from MBT-Net in {seconds:.1f} s"
+    return f"{result.n_localisations} localisations, {result.n_tracks} tracks in {seconds:.1f} s"
 
 
 class PipelineWidget(StageWidget):
@@ -26,30 +135,11 @@ class PipelineWidget(StageWidget):
 
     def work(self):
         layer = self.image.value
-        frames = frames_from_layer(layer)
-        psf = psf_from_layer(self.psf_layer.value) if self.psf_layer.value is not None else "auto"
-        return iter_pipeline(
-            frames, self.pipeline.value, psf,
-            block_size=self.block_size.value, upsampling=self.upsampling.value,
-            pixel_size_um=layer.metadata.get("pixel_size_um"),
-            frame_rate_hz=layer.metadata.get("frame_rate_hz"),
-        )
+        gen, self._extra = pipeline_job(layer, self.pipeline.value, self.psf_layer.value,
+                                        block_size=self.block_size.value, upsampling=self.upsampling.value)
+        self._source = layer
+        return gen
 
     def done(self, result) -> None:
-        src = self.image.value
-        name = src.name
-        meta = {"cycleulm": result.summary()}
-        data, kw = points_kwargs(result.localisations, f"{name} localisations [{result.pipeline}]",
-                                 scale=src.scale, translate=src.translate, metadata=meta, visible=False)
-        add_or_replace(self.viewer, "points", data, **kw)
-        if len(result.tracks):
-            data, kw = tracks_kwargs(result.tracks, f"{name} tracks [{result.pipeline}]",
-                                     scale=src.scale, translate=src.translate, metadata=meta, visible=False)
-            add_or_replace(self.viewer, "tracks", data, **kw)
-        geo = sr_layer_kwargs(src, result.maps.upsampling)
-        add_or_replace(self.viewer, "image", result.maps.density, f"{name} SR density [{result.pipeline}]",
-                       colormap="hot", metadata=meta, **geo)
-        add_or_replace(self.viewer, "image", result.maps.velocity, f"{name} SR velocity [{result.pipeline}]",
-                       colormap="turbo", visible=False, metadata=meta, **geo)
-        self.status.value = (f"{result.n_localisations} localisations, {result.n_tracks} tracks "
-                             f"in {sum(result.timings_s.values()):.1f} s")
+        add_pipeline_layers(self.viewer, self._source, result, mode=self.rerun_mode, extra_params=self._extra)
+        self.status.value = describe_result(result)

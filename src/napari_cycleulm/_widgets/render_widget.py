@@ -10,11 +10,16 @@ from ..errors import CycleULMError
 from ..progress import Progress
 from ..render import SRRenderer
 from ._base import StageWidget
-from ._layers import add_or_replace, sr_layer_kwargs, tracks_from_layer
+from ._layers import UNIT_KEYS, add_sr_layers, origin_of, result_metadata, tracks_from_layer
 
 
 class RenderWidget(StageWidget):
-    """Tracks + reference CEUS layer -> ``<input> SR density`` / ``SR velocity`` / ``SR direction``."""
+    """Tracks + reference CEUS layer -> ``<origin> SR density [method]`` / ``SR velocity`` / ``SR direction``.
+
+    ``<origin>`` and ``method`` come from the tracks layer (``CEUS tracks [ncc]``
+    gives ``CEUS SR density [ncc]``).  Velocities are in mm/s when the
+    reference layer's metadata has ``pixel_size_um`` and ``frame_rate_hz``.
+    """
 
     def __init__(self, viewer: napari.Viewer):
         super().__init__(viewer)
@@ -29,10 +34,14 @@ class RenderWidget(StageWidget):
         ref = self.reference.value
         if ref is None:
             raise CycleULMError("choose the CEUS layer whose grid the SR maps should overlay.")
+        if ref.data.ndim < 2 or getattr(ref, "rgb", False):
+            raise CycleULMError(f"layer {ref.name!r} is not a grey-level image; choose the CEUS stack.")
         shape = tuple(ref.data.shape[-2:])
         u = self.upsampling.value
         px = ref.metadata.get("pixel_size_um")
         fr = ref.metadata.get("frame_rate_hz")
+        self._source, self._reference = self.tracks.value, ref
+        self._params = {"upsampling": u, "reference": ref.name, "pixel_size_um": px, "frame_rate_hz": fr}
 
         def run():
             yield Progress(0, 1, "rendering")
@@ -44,13 +53,9 @@ class RenderWidget(StageWidget):
         return run()
 
     def done(self, maps) -> None:
-        ref = self.reference.value
-        base = self.tracks.value.name.split(" tracks")[0]
-        geo = sr_layer_kwargs(ref, maps.upsampling)
-        add_or_replace(self.viewer, "image", maps.density, f"{base} SR density", colormap="hot",
-                       blending="additive", **geo)
-        add_or_replace(self.viewer, "image", maps.velocity, f"{base} SR velocity", colormap="turbo",
-                       visible=False, metadata={"unit": maps.velocity_unit}, **geo)
-        add_or_replace(self.viewer, "image", maps.direction, f"{base} SR direction", colormap="twilight",
-                       visible=False, metadata={"unit": "rad"}, **geo)
-        self.status.value = "done"
+        src, ref = self._source, self._reference
+        origin, method = origin_of(src)
+        units = {k: ref.metadata[k] for k in UNIT_KEYS if ref.metadata.get(k) is not None}
+        meta = result_metadata("render", src, self._params, **units)
+        add_sr_layers(self.viewer, maps, origin, method, ref, meta, mode=self.rerun_mode, direction=True)
+        self.status.value = f"done; velocity in {maps.velocity_unit}"

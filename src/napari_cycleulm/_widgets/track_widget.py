@@ -10,11 +10,18 @@ from ..progress import Progress
 from ..tables import Tracks
 from ..track import Linker
 from ._base import StageWidget
-from ._layers import add_or_replace, localisations_from_points, tracks_kwargs
+from ._layers import (
+    add_result, geometry_of, localisations_from_points, origin_of, result_metadata, result_name, tracks_kwargs,
+)
 
 
 class TrackWidget(StageWidget):
-    """Points (frame, y, x) -> ``<input> tracks`` (tracks of at least ``min length`` frames)."""
+    """Points (frame, y, x) -> ``<origin> tracks [method]`` (tracks of at least ``min length`` frames).
+
+    ``<origin>`` and ``method`` come from the localisations layer (``CEUS
+    localisations [ncc]`` gives ``CEUS tracks [ncc]``); a Points layer of the
+    user's own gives ``<its name> tracks``.
+    """
 
     def __init__(self, viewer: napari.Viewer):
         super().__init__(viewer)
@@ -29,6 +36,7 @@ class TrackWidget(StageWidget):
         locs = localisations_from_points(self.points.value).sort("frame")
         params = dict(max_distance=self.max_distance.value, max_gap=self.max_gap.value,
                       min_length=self.min_length.value)
+        self._source, self._params = self.points.value, params
 
         def run():
             linker = Linker(**params)
@@ -43,14 +51,12 @@ class TrackWidget(StageWidget):
         return run()
 
     def done(self, tracks: Tracks) -> None:
-        src = self.points.value
-        base = src.name.split(" localisations")[0]
-        data, kw = tracks_kwargs(tracks, f"{base} tracks", scale=src.scale, translate=src.translate,
-                                 metadata={"cycleulm": {"stage": "track", "max_distance": self.max_distance.value,
-                                                        "max_gap": self.max_gap.value,
-                                                        "min_length": self.min_length.value}})
+        src = self._source
         if len(tracks) == 0:
-            self.status.value = "no track reached the minimum length"
+            self.status.value = "no track reached the minimum length: raise 'max distance' or lower 'min length'"
             return
-        add_or_replace(self.viewer, "tracks", data, **kw)
+        origin, method = origin_of(src)
+        meta = result_metadata("track", src, self._params)
+        data, kw = tracks_kwargs(tracks, result_name(origin, "tracks", method), metadata=meta, **geometry_of(src))
+        add_result(self.viewer, "tracks", data, mode=self.rerun_mode, **kw)
         self.status.value = f"{tracks.n_tracks} tracks"

@@ -10,7 +10,7 @@ from napari.layers import Image
 from ..progress import Progress
 from ..translate import iter_translate
 from ._base import StageWidget
-from ._layers import add_or_replace, frames_from_layer
+from ._layers import add_result, frames_from_layer, geometry_of, result_metadata, result_name
 from ._model_picker import ModelPicker
 
 #: Layer metadata flag set on MB-only stacks (the E2E widget reads it).
@@ -36,7 +36,8 @@ class TranslateWidget(StageWidget):
         frames = frames_from_layer(layer)
         ck = self.model.load()
         block = self.block_size.value
-        self._model_path = str(ck.path) if ck.path else "default"
+        self._source = layer
+        self._params = {"model": str(ck.path) if ck.path else "default", "block_size": block}
 
         def run():
             out = np.empty(frames.shape, np.float32)
@@ -50,12 +51,9 @@ class TranslateWidget(StageWidget):
         return run()
 
     def done(self, mb: np.ndarray) -> None:
-        src = self.image.value
-        meta = {k: v for k, v in src.metadata.items() if k in ("pixel_size_um", "frame_rate_hz")}
-        meta[MB_ONLY_KEY] = True
-        meta["cycleulm"] = {"stage": "translate", "model": self._model_path, "source": src.name}
+        src = self._source
+        meta = result_metadata("translate", src, self._params, **{MB_ONLY_KEY: True})
         hi = float(np.percentile(mb, 99.9)) if mb.size else 1.0
-        add_or_replace(self.viewer, "image", mb, f"{src.name} MB-only", scale=src.scale,
-                       translate=src.translate, metadata=meta, colormap="gray",
-                       contrast_limits=(0.0, max(hi, 1e-6)))
+        add_result(self.viewer, "image", mb, result_name(src.name, "MB-only"), mode=self.rerun_mode,
+                   metadata=meta, colormap="magma", contrast_limits=(0.0, max(hi, 1e-6)), **geometry_of(src))
         self.status.value = f"{len(mb)} frames translated"
