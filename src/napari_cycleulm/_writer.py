@@ -1,7 +1,9 @@
-"""napari writer hooks: Image -> TIFF/NPY, Points and Tracks -> CSV.
+"""napari writer hooks: Image -> TIFF/NPY/PNG, Points and Tracks -> CSV.
 
 All files are written atomically.  Coordinates are written in pixels as
-``(frame, y, x)`` (points) and ``(track_id, frame, y, x)`` (tracks).
+``(frame, y, x)`` (points) and ``(track_id, frame, y, x)`` (tracks).  An
+image's pixel size (see :func:`export.pixel_size_from_meta`) goes into the
+TIFF resolution tags and sets the length of a PNG's scale bar.
 """
 
 from __future__ import annotations
@@ -19,28 +21,105 @@ log = logging.getLogger(__name__)
 
 
 def write_image(path: str, data, meta: dict) -> list[str]:
-    """Write an Image layer as a float32 stack.
+    """Write an Image layer as a float32 stack or a colour PNG.
 
     Parameters
     ----------
     path : str
-        Destination; ``.npy`` writes NPY, ``.tif``/``.tiff`` TIFF; any other
-        name gets ``.tif`` appended.
+        Destination: ``.npy`` writes NPY; ``.tif``/``.tiff`` a float32 TIFF,
+        calibrated (resolution tags in micrometres, ImageJ style) when the
+        layer's pixel size is known; ``.png`` the 2-D image colour-mapped as
+        napari shows it (the layer's colormap, contrast limits and gamma) with
+        a white scale bar in mm when the pixel size is known.  Any other name
+        gets ``.tif`` appended.
     data : array_like, shape (T, H, W) or (H, W)
-        Layer data (pixel values as displayed; NaN is kept).
+        Layer data (pixel values as displayed; NaN is kept in TIFF / NPY and
+        drawn black in PNG).
     meta : dict
-        Layer attributes (unused).
+        Layer attributes (``metadata``, ``scale``, ``units``, ``colormap``,
+        ``contrast_limits``, ``gamma``, ``rgb``).
 
     Returns
     -------
     list of str
         The path written.
+
+    Raises
+    ------
+    CycleULMError
+        For a PNG of a stack of several frames or of an RGB layer.
     """
+    from .export import pixel_size_from_meta, write_map_tiff
+
     p = Path(path)
-    if p.suffix.lower() not in (".tif", ".tiff", ".npy"):
+    ext = p.suffix.lower()
+    if ext == ".png":
+        return [str(_write_png(p, data, meta))]
+    if ext not in (".tif", ".tiff", ".npy"):
         p = p.with_name(p.name + ".tif")
+        ext = ".tif"
+    px = pixel_size_from_meta(meta or {}, "image")
+    plain = (
+        isinstance(data, np.ndarray) and data.ndim in (2, 3) and data.nbytes < 2**31
+        and not np.iscomplexobj(data) and (np.issubdtype(data.dtype, np.number) or data.dtype == bool)
+    )
+    if ext != ".npy" and px is not None and plain:
+        write_map_tiff(p, data, px, info={"layer": (meta or {}).get("name")})
+        return [str(p)]
     write_stack(p, data)
     return [str(p)]
+
+
+def _colormap_colours(cmap):
+    """The layer's colormap as a matplotlib name (when matplotlib has it) or an (N, 4) colour array."""
+    import matplotlib
+
+    if cmap is None:
+        return "gray"
+    if isinstance(cmap, str):
+        name = cmap
+        colormap = None
+    else:
+        from napari.utils.colormaps import Colormap
+
+        colormap = Colormap(**cmap) if isinstance(cmap, dict) else cmap
+        name = getattr(colormap, "name", None)
+    if colormap is None:
+        if name in matplotlib.colormaps:
+            return name
+        from napari.utils.colormaps import ensure_colormap
+
+        colormap = ensure_colormap(name)
+    return np.asarray(colormap.map(np.linspace(0.0, 1.0, 256)), dtype=float)
+
+
+def _write_png(p: Path, data, meta: dict) -> Path:
+    from .export import pixel_size_from_meta, write_png
+
+    meta = meta or {}
+    name = meta.get("name") or p.stem
+    if meta.get("rgb"):
+        raise CycleULMError(
+            f"layer {name!r} is RGB; save it as TIFF, or use File > Save Screenshot for a picture."
+        )
+    arr = np.asarray(data)
+    while arr.ndim > 2 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise CycleULMError(
+            f"a PNG holds one 2-D image but layer {name!r} has shape {arr.shape}; save the stack "
+            "as .tif, or make its maximum-intensity projection (Evaluate widget: Show MIPs) and "
+            "save that layer as .png."
+        )
+    limits = meta.get("contrast_limits")
+    return write_png(
+        arr, p,
+        cmap=_colormap_colours(meta.get("colormap")),
+        gamma=float(meta.get("gamma", 1.0) or 1.0),
+        contrast_limits=None if limits is None else tuple(float(v) for v in limits),
+        scale_bar_mm="auto",
+        pixel_size_um=pixel_size_from_meta(meta, "image"),
+    )
 
 
 def _features(meta: dict, n: int, skip) -> dict[str, np.ndarray]:

@@ -110,13 +110,77 @@ def cmd_evaluate(args) -> int:
     d = res.to_dict()
     rows = [{k: d[k] for k in ("tp", "fp", "fn", "recall", "precision", "f1", "jaccard", "mean_error_px")}]
     if args.pixel_size_um:
-        d["mean_error_um"] = d["mean_error_px"] * args.pixel_size_um
+        # mean_error_px is None without any match
+        d["mean_error_um"] = None if d["mean_error_px"] is None else d["mean_error_px"] * args.pixel_size_um
         rows[0]["mean_error_um"] = d["mean_error_um"]
     print(f"tolerance {args.tolerance} px: {len(gt)} ground truth, {len(det)} detections")
     _print_table(rows, list(rows[0]))
+    if args.sweep or args.plot:
+        from ._json import jsonable
+        from .evaluate import sweep_localisations
+
+        name = Path(args.detections).stem
+        sweep = sweep_localisations(gt, {name: det}, args.tolerance)[name]
+        d["sweep"] = jsonable(sweep)
+        print(f"precision-recall over the 'score' threshold ({len(sweep)} thresholds):")
+        _print_table(sweep, ["threshold", "n_detections", "recall", "precision", "f1", "mean_error_px"])
+        if args.plot:
+            _save_pr_plot(args.plot, {name: sweep}, {name: (res.recall, res.precision)})
+            print(f"precision-recall plot written to {args.plot}")
     out = args.out or str(Path(args.detections).with_suffix(".evaluation.json"))
     write_text_atomic(out, json.dumps(d, indent=2))
     print(f"written to {out}")
+    return 0
+
+
+def _save_pr_plot(path: str, sweeps: dict, points: dict) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from ._atomic import atomic_path
+    from .evaluate import plot_precision_recall
+
+    if Path(path).suffix.lower() != ".png":
+        raise CycleULMError(f"--plot must be a .png file, got {path!r}.")
+    fig = Figure(figsize=(4.5, 4), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    plot_precision_recall(fig.add_subplot(111), sweeps, points)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+
+
+def cmd_export(args) -> int:
+    from .export import export_run
+
+    formats = [f for f, on in (("tif", args.tiff), ("png", args.png), ("csv", args.csv)) if on]
+    if args.scale_bar_mm is not None and args.scale_bar_mm < 0:
+        raise CycleULMError(f"--scale-bar-mm must be >= 0 (0 = no bar), got {args.scale_bar_mm}.")
+    report = export_run(
+        args.inputs, args.out,
+        formats=formats or ("tif", "png", "csv"),
+        colormap=args.colormap,
+        gamma=args.gamma,
+        scale_bar_mm="auto" if args.scale_bar_mm is None else (args.scale_bar_mm or None),
+        pixel_size_um=args.pixel_size_um,
+        frame_rate_hz=args.frame_rate_hz,
+        upsampling=args.upsampling,
+        mip=args.mip,
+        physical=args.physical_units,
+    )
+    for f in report.files:
+        extra = []
+        if f.get("pixel_size_um"):
+            extra.append(f"{f['pixel_size_um']:.4g} um/px")
+        if f.get("scale_bar_mm"):
+            extra.append(f"scale bar {f['scale_bar_mm']:g} mm")
+        if f.get("colormap"):
+            extra.append(str(f["colormap"]))
+        if "rows" in f:
+            extra.append(f"{f['rows']} rows" + (f", {f['tracks']} tracks" if "tracks" in f else ""))
+        print(f"  {f['path']}" + (f"  ({', '.join(extra)})" if extra else ""))
+    for note in report.notes:
+        print(f"  note: {note}")
+    print(f"exported {len(report.files)} file(s) to {report.out_dir} (list in {report.manifest})")
     return 0
 
 
@@ -402,7 +466,43 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--tolerance", type=float, default=1.0, help="matching tolerance, pixels")
     sp.add_argument("--pixel-size-um", type=float, default=None)
     sp.add_argument("--out", default=None, help="JSON to write (default: beside DETECTIONS)")
+    sp.add_argument("--sweep", action="store_true",
+                    help="also sweep a threshold over the detections' score column (precision-recall)")
+    sp.add_argument("--plot", default=None, metavar="PR.png",
+                    help="write the precision-recall curve as a PNG (implies --sweep)")
     sp.set_defaults(func=cmd_evaluate)
+
+    sp = sub.add_parser(
+        "export",
+        help="calibrated TIFFs and colour PNGs with a scale bar from a run's maps; checked CSV tables",
+        description="Turn the maps of `cycleulm run` folders (or loose .tif maps) into float32 TIFFs "
+                    "with the pixel size in their resolution tags and colour PNGs with a scale bar in "
+                    "mm; validate and copy the .csv tables. Without --tiff/--png/--csv, all three.",
+    )
+    sp.add_argument("inputs", nargs="+", metavar="RUN_DIR_OR_FILE",
+                    help="folders written by `cycleulm run`, or .tif maps and .csv tables")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--tiff", action="store_true", help="write calibrated float32 TIFFs")
+    sp.add_argument("--png", action="store_true", help="write colour PNGs with a scale bar")
+    sp.add_argument("--csv", action="store_true", help="write the validated CSV tables")
+    sp.add_argument("--colormap", default=None,
+                    help="matplotlib colormap for every PNG (default per map: hot density, turbo "
+                         "velocity, twilight direction, gray power Doppler)")
+    sp.add_argument("--gamma", type=float, default=None,
+                    help="PNG display gamma (default per map: 0.5 density, 1 velocity)")
+    sp.add_argument("--scale-bar-mm", type=float, default=None, metavar="MM",
+                    help="scale bar length in mm (default: a round length of about 1/5 of the width; 0: none)")
+    sp.add_argument("--upsampling", type=int, default=None,
+                    help="SR upsampling of sr_* maps (default: run.json)")
+    sp.add_argument("--mip", action="store_true",
+                    help="export stacks (e.g. MB-only frames) as their maximum-intensity projection")
+    sp.add_argument("--physical-units", action="store_true",
+                    help="add y_um, x_um, t_s (and vy/vx/speed in mm/s for tracks) to the CSVs")
+    sp.add_argument("--pixel-size-um", type=float, default=None,
+                    help="CEUS pixel size in micrometres (default: run.json / metadata.json / the TIFF)")
+    sp.add_argument("--frame-rate-hz", type=float, default=None,
+                    help="frame rate in Hz for --physical-units (default: run.json / metadata.json)")
+    sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("run", help="run a ULM pipeline on a CEUS stack")
     sp.add_argument("input")

@@ -529,7 +529,7 @@ def to_png(
         if pixel_size_um is None:
             raise CycleULMError("scale_bar_mm needs pixel_size_um (size of one image pixel).")
         _positive("pixel_size_um", pixel_size_um)
-    colormap.set_bad("black")
+    colormap = colormap.with_extremes(bad="black")
 
     finite = np.isfinite(img)
     signed = bool(finite.any() and img[finite].min() < 0)
