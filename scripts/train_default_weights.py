@@ -143,7 +143,7 @@ def train_generalist(kind, steps, out_dir, seed, quick, device):
     }
 
 
-def train_default_mbdt(steps, out_dir, seed, quick, device):
+def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None):
     n_frames, size = (40, (96, 96)) if quick else (200, (128, 160))
     settings = MBDT_SETTINGS[:2] if quick else MBDT_SETTINGS
     stacks, psfs, rois, data = [], [], [], []
@@ -171,6 +171,7 @@ def train_default_mbdt(steps, out_dir, seed, quick, device):
           f"simulate) -> {out}", flush=True)
     t0 = time.perf_counter()
     res = train_mbdt(stacks, psfs, roi_mask=rois, init=None, steps=steps, out=out, seed=seed,
+                     model_config=model_config,
                      checkpoint_every=500, preview_every=None, device=device,
                      progress=lambda ev: _log(ev, "mbdt"))
     seconds = time.perf_counter() - t0
@@ -186,7 +187,7 @@ def train_default_mbdt(steps, out_dir, seed, quick, device):
         "simulation_seconds": round(sim_seconds, 1),
         "batch_size": res.config["batch_size"], "lr": res.config["lr"],
         "patch_size": res.config["patch_size"], "parameters": count_parameters(res.model),
-        "parameters_g_ab": count_parameters(res.model.g_ab),
+        "parameters_g_ab": count_parameters(res.model.g_ab), "architecture": res.model.config,
         "training_data": data,
         "final_losses": {k: float(np.mean(v[-50:])) for k, v in res.history.items() if k != "step"},
         "validation": {"setting": {"clutter_db": MBDT_VALIDATION[0], "density": MBDT_VALIDATION[1],
@@ -207,6 +208,8 @@ def main(argv=None) -> int:
     ap.add_argument("--report", type=Path, default=None,
                     help="JSON report (default docs/model_card.json; <out>/model_card.json with --quick)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--mbdt-config", type=json.loads, default=None,
+                    help='MB-DT architecture as JSON, e.g. \'{"output_activation": "none"}\' (default: MBDT())')
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ap.add_argument("--quick", action="store_true", help="a few steps of each, for testing")
@@ -237,7 +240,7 @@ def main(argv=None) -> int:
         steps = getattr(args, f"steps_{kind}") or (3 if args.quick else STEPS[kind])
         if kind == "mbdt":
             report["networks"][kind] = train_default_mbdt(steps, args.out, args.seed, args.quick,
-                                                          args.device)
+                                                          args.device, args.mbdt_config)
         else:
             report["networks"][kind] = train_generalist(kind, steps, args.out, args.seed,
                                                         args.quick, args.device)

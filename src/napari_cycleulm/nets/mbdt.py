@@ -171,7 +171,9 @@ class MBDT(nn.Module):
     norm : str, optional
         Sets both (checkpoints before version 0.2 store ``norm="instance"``).
     output_activation : str
-        Output of ``g_ab``: ``"softplus"`` (default) or ``"relu"``.
+        Output of ``g_ab``: ``"softplus"`` (default), ``"relu"``, or ``"none"``
+        (linear while training, clipped at 0 by :meth:`translate`; it cannot
+        saturate, so the generator cannot get stuck at an all-zero output).
 
     Attributes
     ----------
@@ -242,6 +244,8 @@ class MBDT(nn.Module):
                 f"{tuple(frames.shape)}."
             )
         out = self.g_ab(frames)
+        if self.config["output_activation"] == "none":
+            out = out.clamp_min(0.0)  # a linear output is trained as is and clipped for use
         return out[0] if single else out
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
