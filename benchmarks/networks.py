@@ -92,19 +92,16 @@ def main(argv=None) -> int:
     t_translate = time.perf_counter() - t0
     rows.append(describe(mb, "MB-only, shipped MB-DT", "amplitude"))
 
-    if args.steps == 0:  # only the given MB-DT, no fine-tuning
-        for r in rows:
-            print(f"{r['label']:>34}: CNR {r['contrast_db']:6.2f} dB (ratio {r['ratio_db']:6.2f} dB), "
-                  f"FWHM y {r['fwhm_y_um']:6.1f} um, x {r['fwhm_x_um']:6.1f} um")
-        return 0
-    with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
-        res = train_mbdt(sim.frames, psf, init=args.mbdt,
-                         out=args.checkpoint or Path(tmp) / "mbdt_finetuned.pt",
-                         **({"steps": args.steps} if args.steps else {}))
-        t_train = time.perf_counter() - t0
-    mb_ft = translate(sim.frames, res.model)
-    rows.append(describe(mb_ft, f"MB-only, fine-tuned {res.steps_done} steps", "amplitude"))
+    res, t_train, mb_ft = None, float("nan"), None
+    if args.steps != 0:  # 0: only the given MB-DT, no fine-tuning
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = train_mbdt(sim.frames, psf, init=args.mbdt,
+                             out=args.checkpoint or Path(tmp) / "mbdt_finetuned.pt",
+                             **({"steps": args.steps} if args.steps else {}))
+            t_train = time.perf_counter() - t0
+        mb_ft = translate(sim.frames, res.model)
+        rows.append(describe(mb_ft, f"MB-only, fine-tuned {res.steps_done} steps", "amplitude"))
 
     report = {
         "data": {"seed": args.seed, "frames": args.frames, "shape": list(args.size),
@@ -113,14 +110,18 @@ def main(argv=None) -> int:
         "rows": rows,
         "translate_seconds": t_translate,
         "translate_fps": args.frames / t_translate,
-        "finetune": {"steps": res.steps_done, "seconds": t_train, "batch_size": res.config.get("batch_size"),
-                     "init": args.mbdt, "notes": res.config.get("notes")},
+        "mbdt": str(args.mbdt),
+        "finetune": None if res is None else {
+            "steps": res.steps_done, "seconds": t_train, "batch_size": res.config.get("batch_size"),
+            "init": str(args.mbdt), "notes": res.config.get("notes")},
     }
     (out / "networks.json").write_text(json.dumps(report, indent=2, default=float))
     for r in rows:
         print(f"{r['label']:>34}: CNR {r['contrast_db']:6.2f} dB (ratio {r['ratio_db']:6.2f} dB), "
               f"FWHM y {r['fwhm_y_um']:6.1f} um, x {r['fwhm_x_um']:6.1f} um")
-    print(f"fine-tuning: {res.steps_done} steps in {t_train:.0f} s; translation {args.frames / t_translate:.1f} frames/s")
+    if res is not None:
+        print(f"fine-tuning: {res.steps_done} steps in {t_train:.0f} s")
+    print(f"translation {args.frames / t_translate:.1f} frames/s")
     _figure(out, sim.frames, mb, mb_ft)
     return 0
 
@@ -129,13 +130,13 @@ def _figure(out: Path, raw, mb, mb_ft) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    panels = [("CEUS frame", raw[len(raw) // 2]), ("MB-only (shipped)", mb[len(raw) // 2]),
-              ("MB-only (fine-tuned)", mb_ft[len(raw) // 2]), ("CEUS MIP", raw.max(0)),
-              ("MB-only MIP (shipped)", mb.max(0)), ("MB-only MIP (fine-tuned)", mb_ft.max(0))]
-    fig = Figure(figsize=(10, 6.6))
+    k = len(raw) // 2
+    cols = [("CEUS", raw), ("MB-only (shipped)", mb)] + ([("MB-only (fine-tuned)", mb_ft)] if mb_ft is not None else [])
+    panels = [(f"{n} frame", a[k]) for n, a in cols] + [(f"{n} MIP", a.max(0)) for n, a in cols]
+    fig = Figure(figsize=(3.4 * len(cols), 6.6))
     FigureCanvasAgg(fig)
     for i, (name, img) in enumerate(panels):
-        ax = fig.add_subplot(2, 3, i + 1)
+        ax = fig.add_subplot(2, len(cols), i + 1)
         ax.imshow(img, cmap="gray", vmin=0, vmax=np.percentile(img, 99.9))
         ax.set_title(name, fontsize=9)
         ax.set_axis_off()

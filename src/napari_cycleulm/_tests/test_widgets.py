@@ -275,7 +275,7 @@ def test_failures_in_the_worker_and_while_adding_layers_are_notifications(sample
     monkeypatch.undo()
     monkeypatch.setattr(_base, "show_error", errors.append)
 
-    monkeypatch.setattr(track_widget, "add_result", broken)
+    monkeypatch.setattr(track_widget, "show_tracks", broken)
     assert tr.start() is not None
     wait_for_worker(qtbot, tr)
     assert errors[-1] == "RuntimeError: linker exploded" and len(errors) == 2

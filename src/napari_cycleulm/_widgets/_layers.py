@@ -47,6 +47,12 @@ def localisations_from_points(layer: Points | None, reference: Layer | None = No
     """
     if layer is None:
         raise CycleULMError("no Points layer selected.")
+    from ._display import full_table  # _display builds on this module
+
+    full = full_table(layer)
+    if isinstance(full, Localisations):
+        # A windowed layer holds only some frames: use all of them (in its source's pixel grid).
+        return full
     data = np.asarray(layer.data, dtype=float)
     if len(data) == 0:
         raise CycleULMError(f"Points layer {layer.name!r} is empty: add points first.")
@@ -75,6 +81,11 @@ def tracks_from_layer(layer: TracksLayer | None) -> Tracks:
     """Tracks from a napari Tracks layer (track_id, frame, y, x) with features."""
     if layer is None:
         raise CycleULMError("no Tracks layer selected: run the Track widget first.")
+    from ._display import full_table  # _display builds on this module
+
+    full = full_table(layer)
+    if isinstance(full, Tracks):
+        return full  # a thinned layer shows only some tracks: use all of them
     data = np.asarray(layer.data, dtype=float)
     if len(data) == 0 or data.shape[1] != 4:
         raise CycleULMError(f"Tracks layer {layer.name!r} must hold (track_id, frame, y, x) rows.")

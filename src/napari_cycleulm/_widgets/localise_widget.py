@@ -12,9 +12,9 @@ from ..models import check_psf_in_range
 from ..progress import Progress
 from ..tables import Localisations
 from ._base import StageWidget
+from ._display import show_localisations
 from ._layers import (
-    PSF_METADATA_KEY, add_result, frames_from_layer, geometry_of, points_kwargs, psf_from_layer, psf_params,
-    result_metadata, result_name,
+    PSF_METADATA_KEY, frames_from_layer, psf_from_layer, psf_params, result_metadata, result_name,
 )
 from ._model_picker import ModelPicker
 
@@ -96,7 +96,6 @@ class LocaliseWidget(StageWidget):
     def done(self, locs: Localisations) -> None:
         src, method = self._source, self._params["method"]
         meta = result_metadata("localise", src, self._params, method=method)
-        data, kw = points_kwargs(locs, result_name(src.name, "localisations", method), metadata=meta,
-                                 **geometry_of(src))
-        add_result(self.viewer, "points", data, mode=self.rerun_mode, **kw)
+        show_localisations(self.viewer, locs, result_name(src.name, "localisations", method),
+                           reference=src, mode=self.rerun_mode, metadata=meta)
         self.status.value = f"{len(locs)} localisations"

@@ -8,6 +8,7 @@ workflow dock, so both run and show pipelines the same way.
 from __future__ import annotations
 
 from collections.abc import Generator
+from pathlib import Path
 
 import napari
 from magicgui.widgets import ComboBox, SpinBox
@@ -18,9 +19,9 @@ from ..errors import CycleULMError
 from ..pipeline import PIPELINES, PipelineResult, iter_pipeline
 from ..progress import Progress
 from ._base import StageWidget
+from ._display import show_localisations, show_tracks
 from ._layers import (
-    RESULT_KEY, add_result, add_sr_layers, frames_from_layer, geometry_of, points_kwargs, psf_from_layer,
-    result_metadata, result_name, tracks_kwargs,
+    RESULT_KEY, add_sr_layers, frames_from_layer, psf_from_layer, result_metadata, result_name,
 )
 
 
@@ -100,16 +101,26 @@ def add_pipeline_layers(viewer: napari.Viewer, source: Image, result: PipelineRe
     layers = []
     name = source.name
     e2e = PIPELINES[result.pipeline].localise == "e2e"
+    outputs = result.outputs or {}
     if result.localisations is not None and not e2e:
-        data, kw = points_kwargs(result.localisations, result_name(name, "localisations", result.pipeline),
-                                 metadata=meta, visible=False, **geometry_of(source))
-        layers.append(add_result(viewer, "points", data, mode=mode, **kw))
+        # Windowed over frames past 100k rows, so millions of localisations stay interactive.
+        layers.append(show_localisations(
+            viewer, result.localisations, result_name(name, "localisations", result.pipeline),
+            reference=source, mode=mode, metadata=meta, visible=False,
+            source_path=_on_disk(outputs.get("localisations"))))
     if result.tracks is not None and len(result.tracks):
-        data, kw = tracks_kwargs(result.tracks, result_name(name, "tracks", result.pipeline),
-                                 metadata=meta, visible=False, **geometry_of(source))
-        layers.append(add_result(viewer, "tracks", data, mode=mode, **kw))
+        # Thinned to whole tracks for display; the full table stays on the layer (and on disk).
+        layers.append(show_tracks(
+            viewer, result.tracks, result_name(name, "tracks", result.pipeline),
+            reference=source, mode=mode, metadata=meta, visible=False,
+            source_path=_on_disk(outputs.get("tracks"))))
     layers += add_sr_layers(viewer, result.maps, name, result.pipeline, source, meta, mode=mode)
     return layers
+
+
+def _on_disk(path) -> str | None:
+    """A table's path when the pipeline wrote one (not the E2E placeholder text)."""
+    return str(path) if path and Path(str(path)).is_file() else None
 
 
 def describe_result(result: PipelineResult) -> str:

@@ -10,9 +10,8 @@ from ..progress import Progress
 from ..tables import Tracks
 from ..track import Linker
 from ._base import StageWidget
-from ._layers import (
-    add_result, geometry_of, localisations_from_points, origin_of, result_metadata, result_name, tracks_kwargs,
-)
+from ._display import show_tracks
+from ._layers import localisations_from_points, origin_of, result_metadata, result_name
 
 
 class TrackWidget(StageWidget):
@@ -57,6 +56,6 @@ class TrackWidget(StageWidget):
             return
         origin, method = origin_of(src)
         meta = result_metadata("track", src, self._params)
-        data, kw = tracks_kwargs(tracks, result_name(origin, "tracks", method), metadata=meta, **geometry_of(src))
-        add_result(self.viewer, "tracks", data, mode=self.rerun_mode, **kw)
+        show_tracks(self.viewer, tracks, result_name(origin, "tracks", method), reference=src,
+                    mode=self.rerun_mode, metadata=meta)
         self.status.value = f"{tracks.n_tracks} tracks"
