@@ -308,3 +308,19 @@ def test_bad_input_is_refused_with_clear_errors(viewer_ref):
     with pytest.raises(CycleULMError, match="empty"):
         show_tracks(viewer, Tracks(), "t")
     assert [layer.name for layer in viewer.layers] == ["CEUS"]
+
+
+def test_the_next_stages_read_the_full_tables_not_the_displayed_part(viewer_ref):
+    """Track and Render read layers through ``_layers``: a windowed / thinned layer gives its full table."""
+    from napari_cycleulm._widgets._layers import localisations_from_points, tracks_from_layer
+
+    viewer, ref = viewer_ref
+    locs = _locs()
+    layer = show_localisations(viewer, locs, "big localisations", reference=ref, max_display=5_000,
+                               window_frames=50)
+    assert len(layer.data) < len(locs)
+    assert len(localisations_from_points(layer)) == len(locs)
+    tracks = _tracks()
+    tl = show_tracks(viewer, tracks, "big tracks", reference=ref, max_vertices=1_000)
+    assert len(tl.data) <= 1_000 < len(tracks)
+    assert len(tracks_from_layer(tl)) == len(tracks)
