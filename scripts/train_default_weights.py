@@ -40,6 +40,7 @@ import torch
 
 from napari_cycleulm import __version__ as package_version
 from napari_cycleulm._atomic import write_text_atomic
+from napari_cycleulm.checkpoint import load_checkpoint, save_checkpoint
 from napari_cycleulm.nets import count_parameters
 from napari_cycleulm.psf import PSF, estimate_psf_auto
 from napari_cycleulm.roi import count_patches
@@ -143,7 +144,7 @@ def train_generalist(kind, steps, out_dir, seed, quick, device):
     }
 
 
-def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None):
+def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None, count_factor=None):
     n_frames, size = (40, (96, 96)) if quick else (200, (128, 160))
     settings = MBDT_SETTINGS[:2] if quick else MBDT_SETTINGS
     stacks, psfs, rois, data = [], [], [], []
@@ -172,6 +173,7 @@ def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None):
     t0 = time.perf_counter()
     res = train_mbdt(stacks, psfs, roi_mask=rois, init=None, steps=steps, out=out, seed=seed,
                      model_config=model_config,
+                     **({} if count_factor is None else {"domain_b_count_factor": count_factor}),
                      checkpoint_every=500, preview_every=None, device=device,
                      progress=lambda ev: _log(ev, "mbdt"))
     seconds = time.perf_counter() - t0
@@ -196,6 +198,20 @@ def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None):
     }
 
 
+def ship(checkpoint: Path, out_dir: Path) -> Path:
+    """Copy a trained checkpoint into ``out_dir`` as ``<kind>_default.pt`` without its optimiser state.
+
+    The optimiser state (Adam: two tensors per weight) doubles the file and is
+    only needed to resume training; the weights, configuration, PSF range and
+    training record are kept.
+    """
+    ck = load_checkpoint(checkpoint)
+    dst = out_dir / f"{ck.kind}_default.pt"
+    save_checkpoint(dst, ck.model, kind=ck.kind, config=ck.config, step=ck.step, psf=ck.psf, extra=ck.extra)
+    print(f"shipped {checkpoint} -> {dst} ({dst.stat().st_size / 1e6:.1f} MB)")
+    return dst
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--which", nargs="+", choices=("mbdt", "mblnet", "mbtnet"),
@@ -208,12 +224,21 @@ def main(argv=None) -> int:
     ap.add_argument("--report", type=Path, default=None,
                     help="JSON report (default docs/model_card.json; <out>/model_card.json with --quick)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--count-factor", type=float, default=None,
+                    help="MB-DT domain-B bubbles relative to the data's measured count (default: the trainer's)")
     ap.add_argument("--mbdt-config", type=json.loads, default=None,
                     help='MB-DT architecture as JSON, e.g. \'{"output_activation": "none"}\' (default: MBDT())')
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ap.add_argument("--quick", action="store_true", help="a few steps of each, for testing")
+    ap.add_argument("--ship", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                    help="only copy these trained checkpoints into --out without optimiser state")
     args = ap.parse_args(argv)
+    if args.ship:
+        out = args.out or ROOT / "src" / "napari_cycleulm" / "weights"
+        for ck in args.ship:
+            ship(ck, out)
+        return 0
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.out is None:
@@ -240,7 +265,7 @@ def main(argv=None) -> int:
         steps = getattr(args, f"steps_{kind}") or (3 if args.quick else STEPS[kind])
         if kind == "mbdt":
             report["networks"][kind] = train_default_mbdt(steps, args.out, args.seed, args.quick,
-                                                          args.device, args.mbdt_config)
+                                                          args.device, args.mbdt_config, args.count_factor)
         else:
             report["networks"][kind] = train_generalist(kind, steps, args.out, args.seed,
                                                         args.quick, args.device)

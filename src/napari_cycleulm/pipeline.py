@@ -30,31 +30,25 @@ block by block with the neighbouring frame of the adjacent block as context,
 so results do not depend on ``block_size``.  NCC and deconvolution on MB-only
 frames use the MB-only PSF ``psf.mbonly()`` (the CEUS PSF shrunk by 0.5).
 
-Default thresholds of the CycleULM pipelines (provisional)
------------------------------------------------------------
-Trained default MB-DT weights did not exist when these were chosen, so they
-were measured on *ideal* MB-only frames instead: simulated ground-truth
-positions rendered with the MB-only PSF (CEUS sigma 1.0x1.5 and 2.0x2.5 px,
-halved), intensities uniform in 0.1-1, densities 5 / 20 / 60 bubbles per
-64x64 frame, plus a residual background ``|N(0, s)|`` with s = 0, 0.01,
-0.02, 0.03 standing in for what MB-DT leaves behind (F1 at 1 px):
+Default thresholds of the CycleULM pipelines
+--------------------------------------------
+Chosen with ``benchmarks/thresholds.py`` on the shipped MB-DT's output for four
+simulated settings (clutter -6 / -12 / -12 / -20 dB, 10 / 20 / 40 / 30
+bubbles per frame, CEUS PSF FWHM 200x300 / 150x250 / 250x350 / 300x400 um,
+seeds 31-34, none used for training or reports): each default is the
+threshold whose worst F1 loss (1 px tolerance) against each setting's own
+best threshold is smallest, so it is near-best on all four at once.
 
-* ``cycleulm-ncc`` 0.6 (NCC score).  Clean frames: F1 0.97-0.98 at low
-  density (0.5: 1.00, 0.7: 0.90-0.95).  NCC ignores brightness, so residual
-  background is what limits it: with the small PSF and s = 0.01 precision is
-  0.78 at 0.6 but 0.25 at 0.5 (s = 0.02); 0.7 keeps precision >= 0.96 for
-  s <= 0.03 at 5-10 % less recall.
-* ``cycleulm-decon`` 0.1 (amplitude, MB-only units, = the faintest trained
-  bubble).  Precision 1.00 everywhere for s <= 0.02 (0.05: 0.55 with the small
-  PSF at s = 0.02) at <= 6 % less recall than 0.03-0.05 on clean frames.
-* ``cycleulm-loc`` 0.5 (3x3 summed probability): more likely a bubble than
-  not, by construction of the calibrated presence loss (not measured).
+* ``cycleulm-ncc`` 0.75 (NCC score): worst loss 0.016 F1 (0.6: 0.12; 0.95:
+  0.32).  MB-DT leaves small speckle-born blobs that NCC, blind to brightness,
+  accepts at lower thresholds.
+* ``cycleulm-decon`` 0.1 (amplitude, MB-only units): worst loss 0.011; flat
+  between 0.025 and 0.2.
+* ``cycleulm-loc`` 0.4 (3x3 summed MBL-Net probability): worst loss 0.048
+  (0.5: 0.14).
 * ``cycleulm-e2e`` 0.3 (trajectory probability a pixel must reach to count;
   best trajectory F1 on synthetic sequences of three PSF sizes, see
   :data:`napari_cycleulm.e2e.PROB_THRESHOLD`).
-
-All four must be re-checked on real MB-DT output (clutter -6/-12/-20 dB,
-several densities and PSF sizes) once default weights are trained.
 
 Matched localisation counts
 ---------------------------
@@ -125,12 +119,12 @@ PIPELINES: dict[str, PipelineSpec] = {
         "baseline2", "threshold", "decon", "adaptive thresholding + deconvolution + tracking", 0.1
     ),
     "cycleulm-ncc": PipelineSpec(
-        "cycleulm-ncc", "mbdt", "ncc", "MB-DT + NCC (MB-only PSF) + tracking", 0.6
+        "cycleulm-ncc", "mbdt", "ncc", "MB-DT + NCC (MB-only PSF) + tracking", 0.75
     ),
     "cycleulm-decon": PipelineSpec(
         "cycleulm-decon", "mbdt", "decon", "MB-DT + deconvolution (MB-only PSF) + tracking", 0.1
     ),
-    "cycleulm-loc": PipelineSpec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking", 0.5),
+    "cycleulm-loc": PipelineSpec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking", 0.4),
     "cycleulm-e2e": PipelineSpec(
         "cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)", E2E_PROB_THRESHOLD
     ),

@@ -75,8 +75,14 @@ def test_generators_keep_spatial_size(h, w):
 
 def test_g_ab_output_is_non_negative_and_g_ba_is_signed():
     m = MBDT(base_channels=4, disc_channels=4)
-    assert m.g_ab(torch.randn(2, 3, 24, 24)).min() >= 0
+    x = torch.randn(2, 3, 24, 24)
+    with torch.no_grad():
+        m.g_ab.head.bias.fill_(-0.05)  # some outputs negative while training (linear output)...
+    assert m.g_ab(x).min() < 0
+    assert m.translate(x).min() == 0  # ...clipped at 0 for use
     assert m.g_ba(torch.randn(2, 1, 24, 24)).min() < 0
+    soft = MBDT(base_channels=4, disc_channels=4, output_activation="softplus")
+    assert soft.g_ab(x).min() > 0
     relu = MBDT(base_channels=4, output_activation="relu")
     with torch.no_grad():
         relu.g_ab.head.bias.fill_(-100.0)  # every pre-activation negative: relu gives exact zeros

@@ -171,9 +171,12 @@ class MBDT(nn.Module):
     norm : str, optional
         Sets both (checkpoints before version 0.2 store ``norm="instance"``).
     output_activation : str
-        Output of ``g_ab``: ``"softplus"`` (default), ``"relu"``, or ``"none"``
-        (linear while training, clipped at 0 by :meth:`translate`; it cannot
-        saturate, so the generator cannot get stuck at an all-zero output).
+        Output of ``g_ab``: ``"none"`` (default: linear while training, clipped
+        at 0 by :meth:`translate`), ``"softplus"`` or ``"relu"``.  Without
+        normalisation a softplus generator got stuck at an all-zero output
+        (pre-activations near -13, gradient 2e-6) within the first hundred
+        steps: most of a sparse MB-only image is zero, and softplus cannot
+        reach zero without saturating.  A linear output cannot saturate.
 
     Attributes
     ----------
@@ -191,7 +194,7 @@ class MBDT(nn.Module):
         generator_norm: str = "none",
         disc_norm: str = "instance",
         norm: str | None = None,
-        output_activation: str = "softplus",
+        output_activation: str = "none",
     ) -> None:
         super().__init__()
         if norm is not None:
