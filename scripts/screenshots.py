@@ -80,12 +80,15 @@ def main(argv=None) -> int:
     app = QApplication.instance()
     timings: dict[str, float] = {}
 
-    def shot(name: str, keep=None) -> None:
-        """Screenshot with only the workflow dock and ``keep`` docked tools visible."""
+    def shot(name: str, keep=None, docks: bool = True) -> None:
+        """Screenshot with one dock visible: ``keep`` (a tool), else the workflow dock (none: ``docks=False``)."""
         for key, widget in dock.docks.items():
             parent = widget.native.parent()
             if parent is not None:
                 parent.setVisible(widget is keep)
+        dock.native.parent().setVisible(keep is None and docks)
+        _pump(app)
+        viewer.window._qt_window.resize(1600, 1000)  # docks that were shown may have grown the window
         _pump(app)
         viewer.screenshot(str(out / name), canvas_only=False)
         print(f"  screenshot {out / name}", flush=True)
@@ -148,9 +151,10 @@ def main(argv=None) -> int:
     for layer in viewer.layers:
         layer.visible = " SR density [" in layer.name
     viewer.grid.enabled = True
+    viewer.grid.shape = (2, 3)
     viewer.grid.stride = 1
     viewer.reset_view()
-    shot("05_compare_methods.png")
+    shot("05_compare_methods.png", docks=False)
     viewer.grid.enabled = False
 
     # 5. evaluate: MB-only frames, CNR on the MIPs, FWHM along a line, accuracy vs ground truth
