@@ -265,8 +265,10 @@ class TrainWidget(StageWidget):
         name = f"{src.name} MB-DT preview"
         geo = dict(scale=src.scale[-2:], translate=src.translate[-2:])
         hi = float(np.percentile(img, 99.9)) if img.size else 1.0
-        layer = add_or_replace(self.viewer, "image", img, name, colormap="gray",
-                               metadata={"cycleulm": {"stage": "train mbdt preview", "step": step}}, **geo)
+        units = {k: src.metadata[k] for k in ("pixel_size_um", "frame_rate_hz") if k in src.metadata}
+        layer = add_or_replace(self.viewer, "image", img, name, colormap="magma",
+                               metadata={"cycleulm": {"stage": "train mbdt preview", "step": step}, **units},
+                               **geo)
         layer.contrast_limits = (0.0, max(hi, 1e-6))
 
     def done(self, result) -> None:
