@@ -204,3 +204,15 @@ def test_train_commands_pass_their_arguments(sim_dir, tmp_path, capsys, monkeypa
     assert "takes no INPUT" in capsys.readouterr().err
     assert main(["train", "mbdt", "--out", str(tmp_path / "d.pt")]) == 2
     assert "needs the CEUS stack" in capsys.readouterr().err
+
+
+def test_demo_fine_tunes_mbdt_and_reports_e2e_without_localisation_scores(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--pipelines", "cycleulm-e2e", "--finetune-steps", "2",
+                 "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "MB-DT fine-tuned on the sample (no labels) for 2 steps" in text
+    assert "MB-DT: fine-tuned" in text
+    row = next(line for line in text.splitlines() if line.strip().startswith("cycleulm-e2e"))
+    assert row.split()[3:7] == ["-", "-", "-", "-"]  # no localisations to score
+    assert (out / "mbdt_finetuned.pt").is_file() and (out / "cycleulm-e2e" / "sr_density.tif").is_file()
