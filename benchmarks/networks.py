@@ -31,22 +31,9 @@ from scipy import ndimage
 
 from napari_cycleulm.metrics import cnr_db
 from napari_cycleulm.psf import estimate_psf, estimate_psf_auto
-from napari_cycleulm.simulate import simulate
+from napari_cycleulm.simulate import isolated_positions, simulate
 from napari_cycleulm.train import train_mbdt
 from napari_cycleulm.translate import translate
-
-
-def isolated_points(gt, shape, radius: float = 16.0, border: int = 14, n: int = 40) -> np.ndarray:
-    """Ground-truth bubbles with no other bubble within ``radius`` px in their frame."""
-    keep = []
-    h, w = shape
-    for i in range(len(gt)):
-        same = gt["frame"] == gt["frame"][i]
-        d = np.hypot(gt["y"][same] - gt["y"][i], gt["x"][same] - gt["x"][i])
-        if (d < radius).sum() == 1 and border < gt["y"][i] < h - border and border < gt["x"][i] < w - border:
-            keep.append(i)
-    keep = np.array(keep[:: max(1, len(keep) // n)][:n])
-    return gt.positions[keep]
 
 
 def contrast(mip: np.ndarray, signal: np.ndarray, background: np.ndarray) -> dict:
@@ -76,7 +63,7 @@ def main(argv=None) -> int:
     grow = int(np.ceil(psf.fwhm_x_px))
     signal = sim.vessel_mask & sim.organ_mask
     background = sim.organ_mask & ~ndimage.binary_dilation(sim.vessel_mask, iterations=grow)
-    points = isolated_points(sim.ground_truth, sim.frames.shape[1:])
+    points = sim.ground_truth.positions[isolated_positions(sim.ground_truth.positions, sim.frames.shape[1:], n=40)]
 
     def describe(frames, label: str, average: str) -> dict:
         mip = frames.max(axis=0)

@@ -46,14 +46,10 @@ def _run(app, widget, timeout_s: float = 1800.0) -> float:
 
 
 def _isolated_clicks(gt: np.ndarray, amplitude: np.ndarray, shape, n: int = 15) -> np.ndarray:
-    _, h, w = shape
-    keep = []
-    for (f, y, x), a in zip(gt, amplitude):
-        same = gt[gt[:, 0] == f]
-        d = np.sort(np.hypot(same[:, 1] - y, same[:, 2] - x))
-        if (len(d) < 2 or d[1] > 16) and 20 < y < h - 20 and 20 < x < w - 20 and a > 0.8:
-            keep.append((f, y, x))
-    keep = np.array(keep)[:: max(1, len(keep) // n)][:n]
+    """Clicks 1-2 px off bright, isolated ground-truth bubbles, as a user would place them."""
+    from napari_cycleulm.simulate import isolated_positions
+
+    keep = gt[isolated_positions(gt, shape[1:], border_px=20, amplitude=amplitude, min_amplitude=0.8, n=n)]
     off = np.array([[0, 2, -1], [0, -1, 2], [0, -2, -2], [0, 1, 1]])
     return np.round(keep) + off[np.arange(len(keep)) % len(off)]
 

@@ -60,6 +60,7 @@ __all__ = [
     "plot_precision_recall",
     "plot_profiles",
     "profile_along",
+    "format_value",
     "rows_to_text",
     "score_localisations",
     "sweep_localisations",
@@ -596,16 +597,17 @@ def sweep_localisations(
 # --------------------------------------------------------------------------
 # Tables as text
 # --------------------------------------------------------------------------
-def _cell(v) -> str:
+def format_value(v, spec: str = ".4g", *, missing: str = "", nan: str = "nan") -> str:
+    """One table cell as text: floats with ``spec``, ``missing`` for None, ``nan`` for NaN."""
     if v is None:
-        return ""
+        return missing
     if isinstance(v, (float, np.floating)):
         v = float(v)
         if math.isnan(v):
-            return "nan"
+            return nan
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
-        return f"{v:.4g}"
+        return format(v, spec)
     return str(v)
 
 
@@ -616,7 +618,7 @@ def rows_to_text(rows: Sequence[Mapping], columns: Sequence[str] | None = None, 
     writer = csv.writer(buf, delimiter=sep, lineterminator="\n")
     writer.writerow(columns)
     for r in rows:
-        writer.writerow([_cell(r.get(c)) for c in columns])
+        writer.writerow([format_value(r.get(c)) for c in columns])
     return buf.getvalue()
 
 

@@ -91,7 +91,7 @@ from ._json import jsonable
 from .errors import CycleULMError
 from .tables import Localisations
 
-__all__ = ["PRESETS", "Simulation", "load_simulation", "save_simulation", "simulate"]
+__all__ = ["PRESETS", "Simulation", "isolated_positions", "load_simulation", "save_simulation", "simulate"]
 
 #: Named parameter sets for :func:`simulate`.
 PRESETS: dict[str, dict] = {
@@ -775,6 +775,63 @@ _FILES = {
     "organ_mask": "organ_mask.tif",
     "metadata": "metadata.json",
 }
+
+
+def isolated_positions(
+    positions,
+    shape: tuple[int, int],
+    *,
+    min_distance_px: float = 16.0,
+    border_px: float = 14.0,
+    amplitude=None,
+    min_amplitude: float = 0.0,
+    n: int | None = None,
+) -> np.ndarray:
+    """Rows of ground-truth bubbles a user would click to measure the PSF.
+
+    A bubble qualifies when no other bubble of its frame lies within
+    ``min_distance_px``, it is more than ``border_px`` from every image edge
+    and (with ``amplitude``) its amplitude exceeds ``min_amplitude``.
+
+    Parameters
+    ----------
+    positions : (N, 3) array
+        ``(frame, y, x)`` in pixels (e.g. ``Simulation.ground_truth.positions``).
+    shape : (int, int)
+        Frame ``(H, W)`` in pixels.
+    min_distance_px, border_px : float
+        Isolation radius and border margin, pixels.
+    amplitude : (N,) array, optional
+        Per-row amplitudes (the ``amplitude`` column of the ground truth).
+    min_amplitude : float
+        Threshold on ``amplitude``.
+    n : int, optional
+        Keep about ``n`` rows spread evenly over the qualifying ones (every
+        k-th, in table order), default all.
+
+    Returns
+    -------
+    np.ndarray
+        Integer row indices into ``positions``.
+    """
+    pos = np.asarray(positions, dtype=float)
+    if pos.ndim != 2 or pos.shape[1] != 3:
+        raise CycleULMError(f"positions must be (N, 3) (frame, y, x), got shape {pos.shape}.")
+    h, w = shape
+    ok = ((pos[:, 1] > border_px) & (pos[:, 1] < h - border_px)
+          & (pos[:, 2] > border_px) & (pos[:, 2] < w - border_px))
+    if amplitude is not None:
+        ok &= np.asarray(amplitude, dtype=float) > min_amplitude
+    frames = pos[:, 0]
+    for f in np.unique(frames[ok]):
+        rows = np.flatnonzero(frames == f)
+        d = np.hypot(pos[rows, 1, None] - pos[None, rows, 1], pos[rows, 2, None] - pos[None, rows, 2])
+        np.fill_diagonal(d, np.inf)
+        ok[rows[d.min(axis=1) < min_distance_px]] = False
+    keep = np.flatnonzero(ok)
+    if n is not None:
+        keep = keep[:: max(1, len(keep) // n)][:n]
+    return keep
 
 
 def save_simulation(sim: Simulation, out_dir: str | os.PathLike) -> dict[str, Path]:

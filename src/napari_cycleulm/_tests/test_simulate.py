@@ -256,3 +256,16 @@ def test_make_sample_returns_image_and_hidden_points():
     assert pts.ndim == 2 and pts.shape[1] == 3 and len(pts) > 1000
     assert pts_kw["visible"] is False
     assert len(pts_kw["features"]["track_id"]) == len(pts)
+
+
+def test_isolated_positions_keeps_lone_bubbles_away_from_the_border():
+    from napari_cycleulm.simulate import isolated_positions
+
+    pos = np.array([[0, 30, 30], [0, 30, 40],   # a close pair: neither is isolated
+                    [0, 60, 60],                # alone
+                    [0, 5, 60],                 # alone but at the border
+                    [1, 30, 35]], float)        # alone in its frame
+    assert isolated_positions(pos, (80, 80)).tolist() == [2, 4]
+    assert isolated_positions(pos, (80, 80), amplitude=[1, 1, 0.2, 1, 1], min_amplitude=0.5).tolist() == [4]
+    assert isolated_positions(pos, (80, 80), min_distance_px=5).tolist() == [0, 1, 2, 4]
+    assert len(isolated_positions(pos, (80, 80), n=1)) == 1

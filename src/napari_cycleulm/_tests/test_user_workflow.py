@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_cycleulm.pipeline import PIPELINES  # noqa: E402
+from napari_cycleulm.simulate import isolated_positions  # noqa: E402
 from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
 from napari_cycleulm._widgets.translate_widget import TranslateWidget  # noqa: E402
 from napari_cycleulm._widgets.workflow_widget import WorkflowWidget  # noqa: E402
@@ -24,20 +25,6 @@ from napari_cycleulm._widgets.workflow_widget import WorkflowWidget  # noqa: E40
 pytestmark = pytest.mark.gui
 
 N_FRAMES = 40
-
-
-def _isolated(gt: np.ndarray, amplitude: np.ndarray, shape, n: int = 12) -> np.ndarray:
-    """Ground-truth bubbles a user would click: bright, no other bubble within 16 px, away from the border."""
-    _, h, w = shape
-    keep = []
-    for (f, y, x), a in zip(gt, amplitude):
-        same = gt[gt[:, 0] == f]
-        d = np.sort(np.hypot(same[:, 1] - y, same[:, 2] - x))
-        if (len(d) < 2 or d[1] > 16) and 20 < y < h - 20 and 20 < x < w - 20 and a > 0.8:
-            keep.append((f, y, x))
-    keep = np.array(keep)
-    assert len(keep) >= 8
-    return keep[np.linspace(0, len(keep) - 1, min(n, len(keep))).astype(int)]
 
 
 def _boxes(gt: np.ndarray, shape):
@@ -74,7 +61,9 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, tmp_path):
     psf_w = dock.open_psf_tool()
     assert psf_w.image.value is stack
     picks = psf_w.new_picking_layer()
-    truth = _isolated(gt, amplitude, stack.data.shape)
+    truth = gt[isolated_positions(gt, stack.data.shape[1:], border_px=20, amplitude=amplitude,
+                                  min_amplitude=0.8, n=12)]
+    assert len(truth) >= 8
     off = np.array([[0, 2, -1], [0, -1, 2], [0, -2, -2], [0, 1, 1]])
     for i, t in enumerate(truth):
         picks.add(np.round(t) + off[i % len(off)])

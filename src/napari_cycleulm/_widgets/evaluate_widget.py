@@ -36,6 +36,7 @@ from ..evaluate import (
     CNRResult,
     Profile,
     cnr_on_mip,
+    format_value,
     fwhm_on_mip,
     mip,
     plot_precision_recall,
@@ -83,16 +84,7 @@ def _is_mb_only(layer) -> bool:
 
 
 def _fmt(v, digits: int = 3) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, (float, np.floating)):
-        v = float(v)
-        if math.isnan(v):
-            return "n/a"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return f"{v:.{digits}f}"
-    return str(v)
+    return format_value(v, f".{digits}f", missing="-", nan="n/a")
 
 
 # ------------------------------------------------------------------------------
