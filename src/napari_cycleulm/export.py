@@ -34,7 +34,7 @@ from ._atomic import atomic_path, write_text_atomic
 from ._json import jsonable
 from .errors import CycleULMError
 from .progress import Progress, drive
-from .render import SRMaps, to_png
+from .render import SRMaps, to_png, write_normalised_png
 from .tables import PointTable, Tracks
 
 __all__ = [
@@ -453,38 +453,8 @@ def write_png(
     with np.errstate(invalid="ignore", divide="ignore"):
         shown = np.clip((img - lo) / (hi - lo), 0, 1) if hi > lo else (img > lo).astype(float)
         shown = shown**gamma
-    _save_png(shown, p, colormap, bar_mm, bar_px)
+    write_normalised_png(shown, p, colormap, bar_mm, bar_px)
     return p
-
-
-def _save_png(shown: np.ndarray, path: Path, colormap, bar_mm, pixel_size_um) -> None:
-    """Draw ``shown`` (values in [0, 1], NaN = black) with the same layout as :func:`render.to_png`."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
-    colormap = colormap.with_extremes(bad="black")
-    h, w = shown.shape
-    dpi = 100
-    fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
-    FigureCanvasAgg(fig)
-    ax = fig.add_axes((0, 0, 1, 1))
-    ax.imshow(np.ma.masked_invalid(shown), cmap=colormap, vmin=0, vmax=1,
-              interpolation="nearest", aspect="auto")
-    ax.set_axis_off()
-    if bar_mm is not None:
-        # Same geometry as render.to_png, so both kinds of PNG look alike.
-        length = bar_mm * 1000.0 / pixel_size_um
-        thick = max(1.0, 0.015 * h)
-        margin = 0.04 * w
-        x0, y0 = w - margin - length - 0.5, h - margin - thick - 0.5
-        ax.add_patch(Rectangle((x0, y0), length, thick, color="white", lw=0))
-        ax.text(x0 + length / 2, y0 - thick, f"{bar_mm:g} mm", color="white", ha="center",
-                va="bottom", fontsize=max(6, min(14, 0.04 * h)))
-    ax.set_xlim(-0.5, w - 0.5)
-    ax.set_ylim(h - 0.5, -0.5)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=dpi)
 
 
 # --------------------------------------------------------------------------

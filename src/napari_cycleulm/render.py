@@ -508,10 +508,6 @@ def to_png(
     """
     import matplotlib
 
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
-
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2 or img.size == 0:
         raise CycleULMError(f"to_png needs a non-empty 2-D image, got shape {img.shape}.")
@@ -529,7 +525,6 @@ def to_png(
         if pixel_size_um is None:
             raise CycleULMError("scale_bar_mm needs pixel_size_um (size of one image pixel).")
         _positive("pixel_size_um", pixel_size_um)
-    colormap = colormap.with_extremes(bad="black")
 
     finite = np.isfinite(img)
     signed = bool(finite.any() and img[finite].min() < 0)
@@ -543,9 +538,36 @@ def to_png(
             shown = 0.5 + 0.5 * np.sign(norm) * np.abs(norm) ** gamma
         else:
             shown = np.clip(img / vmax, 0, 1) ** gamma
-    shown = np.ma.masked_invalid(shown)
+    write_normalised_png(shown, path, colormap, scale_bar_mm, pixel_size_um)
 
-    h, w = img.shape
+
+def write_normalised_png(shown, path: str | os.PathLike, colormap, scale_bar_mm: float | None = None,
+                         pixel_size_um: float | None = None) -> None:
+    """Draw an image already mapped to [0, 1] as a PNG, one PNG pixel per image pixel.
+
+    The one drawing routine behind :func:`to_png` and
+    :func:`napari_cycleulm.export.write_png`, so every PNG the package writes
+    has the same layout.
+
+    Parameters
+    ----------
+    shown : (H, W) array
+        Display values in [0, 1]; NaN pixels are drawn black.
+    path : str or PathLike
+        Destination ``.png``; written atomically.
+    colormap : matplotlib.colors.Colormap
+    scale_bar_mm : float, optional
+        Length of a white scale bar in mm, drawn bottom right (needs ``pixel_size_um``).
+    pixel_size_um : float, optional
+        Size of one image pixel, micrometres.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    shown = np.ma.masked_invalid(np.asarray(shown, dtype=np.float64))
+    colormap = colormap.with_extremes(bad="black")
+    h, w = shown.shape
     dpi = 100
     fig = Figure(figsize=(w / dpi, h / dpi), dpi=dpi)
     FigureCanvasAgg(fig)
