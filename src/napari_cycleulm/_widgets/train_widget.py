@@ -88,6 +88,8 @@ class TrainWidget(StageWidget):
     """
 
     run_text = "Train"
+    #: Its only layer is the preview, always updated in place: no re-run choice.
+    offers_rerun_mode = False
 
     def __init__(self, viewer: napari.Viewer):
         super().__init__(viewer)
