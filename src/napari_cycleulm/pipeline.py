@@ -46,9 +46,9 @@ best threshold is smallest, so it is near-best on all four at once.
   between 0.025 and 0.2.
 * ``cycleulm-loc`` 0.4 (3x3 summed MBL-Net probability): worst loss 0.048
   (0.5: 0.14).
-* ``cycleulm-e2e`` 0.3 (trajectory probability a pixel must reach to count;
-  best trajectory F1 on synthetic sequences of three PSF sizes, see
-  :data:`napari_cycleulm.e2e.PROB_THRESHOLD`).
+* ``cycleulm-e2e`` 0.4 (trajectory probability a pixel must reach to count;
+  smallest worst-case trajectory-F1 loss on synthetic sequences of three PSF
+  sizes, see :data:`napari_cycleulm.e2e.PROB_THRESHOLD`).
 
 Matched localisation counts
 ---------------------------
