@@ -493,11 +493,9 @@ class _CeusSource:
 
     def match_domain_b(self, base: SyntheticConfig | None, count_factor: float, n_frames: int = 40) -> None:
         """Set this stack's domain-B counts and intensities from its bubbles (:func:`domain_b_config`)."""
-        t = self.frames.shape[0]
-        idx = np.unique(np.linspace(0, t - 1, min(n_frames, t)).round().astype(int))
         self.domain_b, self.domain_b_info = domain_b_config(
-            self.frames[idx] * self.scale, self.psf, mask=self.mask, patch_size=self.p,
-            n_frames=len(idx), base=base, count_factor=count_factor,
+            self.frames, self.psf, scale=self.scale, mask=self.mask, patch_size=self.p,
+            n_frames=n_frames, base=base, count_factor=count_factor,
         )
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -533,6 +531,7 @@ def domain_b_config(
     frames,
     psf: PSF,
     *,
+    scale: float = 1.0,
     mask: np.ndarray | None = None,
     patch_size: int = 40,
     n_frames: int = 40,
@@ -556,7 +555,11 @@ def domain_b_config(
     Parameters
     ----------
     frames : (T, H, W) array
-        CEUS stack, already scaled so its 99.9th percentile is 1 (as MB-DT sees it).
+        CEUS stack (only the ``n_frames`` measured frames are read).
+    scale : float
+        Factor that brings the stack to MB-DT's units (its 99.9th percentile to
+        1, :func:`~napari_cycleulm.arrays.intensity_scale`); 1 when ``frames``
+        are already scaled.
     psf : PSF
         CEUS PSF of the data.
     mask : (H, W) bool array, optional
@@ -586,11 +589,12 @@ def domain_b_config(
     from .localise import localise_ncc
     from .preprocess import adaptive_threshold
 
-    arr = as_frames(frames, "frames", min_frames=1)
-    t, h, w = arr.shape
-    roi = np.ones((h, w), bool) if mask is None else np.asarray(mask, bool)
+    t = len(frames)
     idx = np.unique(np.linspace(0, t - 1, min(n_frames, t)).round().astype(int))
-    sub = arr[idx]
+    # Only the measured frames are read and scaled (the stack may be long or lazy).
+    sub = as_frames(np.asarray(frames[idx], dtype=np.float32) * np.float32(scale), "frames", min_frames=1)
+    _, h, w = sub.shape
+    roi = np.ones((h, w), bool) if mask is None else np.asarray(mask, bool)
     det = localise_ncc(adaptive_threshold(sub, psf=psf, device=device), psf, threshold=0.3,
                        device=device)
     iy = np.clip(np.round(det["y"]).astype(int), 0, h - 1)
