@@ -386,7 +386,7 @@ def cmd_demo(args) -> int:
         f"   FWHM y = {psf.fwhm_y_px:.2f} px (true {true_y:.2f}, error {100 * (psf.fwhm_y_px / true_y - 1):+.1f}%), "
         f"x = {psf.fwhm_x_px:.2f} px (true {true_x:.2f}, error {100 * (psf.fwhm_x_px / true_x - 1):+.1f}%)"
     )
-    mbdt, step = "default", 3
+    mbdt = "default"
     if args.finetune_steps and any(PIPELINES[n].denoise == "mbdt" for n in args.pipelines):
         t0 = time.perf_counter()
         ft = drive_with_bar(
@@ -397,7 +397,6 @@ def cmd_demo(args) -> int:
         mbdt = out / "mbdt_finetuned.pt"
         print(f"3. MB-DT fine-tuned on the sample (no labels) for {ft.steps_done} steps in "
               f"{time.perf_counter() - t0:.0f} s -> {mbdt}")
-        step = 4
     rows = []
     for name in args.pipelines:
         t0 = time.perf_counter()
@@ -416,8 +415,9 @@ def cmd_demo(args) -> int:
             m = match_localisations(sim.ground_truth, res.localisations, tolerance=args.tolerance)
             row.update(recall=m.recall, precision=m.precision, F1=m.f1, error_um=m.mean_error_px * px)
         rows.append({**row, "seconds": elapsed})
-    print(f"{step}. pipelines scored against the ground truth (tolerance {args.tolerance} px = "
-          f"{args.tolerance * px:.0f} um; MB-DT: {'fine-tuned' if step == 4 else 'shipped default'}):")
+    tuned = mbdt != "default"
+    print(f"{4 if tuned else 3}. pipelines scored against the ground truth (tolerance {args.tolerance} px = "
+          f"{args.tolerance * px:.0f} um; MB-DT: {'fine-tuned' if tuned else 'shipped default'}):")
     _print_table(rows, list(rows[0]))
     print(f"outputs in {out}/ (SR maps as TIFF, preview.png, CSV tables, run.json)")
     return 0
