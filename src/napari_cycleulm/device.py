@@ -19,11 +19,25 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     Raises
     ------
     CycleULMError
-        If CUDA is requested but not available.
+        If the device name is unknown, or CUDA is requested but not available.
     """
     if device is None or (isinstance(device, str) and device.lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise CycleULMError(
+            f"unknown device {str(device)!r}; use 'cpu', 'cuda', 'cuda:N' or 'auto'."
+        ) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise CycleULMError(
+            f"device {str(device)!r} is not supported; use 'cpu', 'cuda', 'cuda:N' or 'auto'."
+        )
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise CycleULMError(
+            f"device {str(device)!r} was requested but MPS is not available on this machine; "
+            "use device='cpu' or 'auto'."
+        )
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise CycleULMError(
             f"device {str(device)!r} was requested but CUDA is not available on this "

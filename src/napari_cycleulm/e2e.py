@@ -116,6 +116,9 @@ class E2EAccumulator:
                 f"prob_threshold must be in [0, 1] or None, got {prob_threshold!r}."
             )
         self.upsampling = int(upsampling)
+        from .render import check_sr_memory
+
+        check_sr_memory(self.shape, self.upsampling)
         self.stride = None if stride is None else int(stride)
         self.prob_threshold = None if prob_threshold is None else float(prob_threshold)
         self.pad_last = bool(pad_last)

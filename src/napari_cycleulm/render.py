@@ -158,6 +158,36 @@ class SRMaps:
     pixel_size_um: float | None = None
 
 
+#: Bytes per SR pixel while rendering: seven float64 accumulators, the four
+#: float32 maps of the result and their float64 temporaries, the RGB preview.
+SR_BYTES_PER_PIXEL = 7 * 8 + 4 * 4 + 2 * 8 + 4
+
+
+def sr_memory_bytes(shape, upsampling: int) -> int:
+    """Estimated peak memory (bytes) of rendering SR maps of a ``(H, W)`` frame at ``upsampling``."""
+    h, w = (int(s) for s in tuple(shape)[-2:])
+    return h * w * int(upsampling) ** 2 * SR_BYTES_PER_PIXEL
+
+
+def check_sr_memory(shape, upsampling: int) -> None:
+    """Refuse an SR grid that cannot fit in memory, with the estimate.
+
+    Raises
+    ------
+    CycleULMError
+        If :func:`sr_memory_bytes` exceeds the memory available.
+    """
+    from ._resources import check_memory
+
+    h, w = (int(s) for s in tuple(shape)[-2:])
+    u = int(upsampling)
+    check_memory(
+        sr_memory_bytes(shape, u),
+        f"SR maps of {h * u}x{w * u} px ({h}x{w} px frames at upsampling {u})",
+        "choose a smaller upsampling (4 is the usual) or crop the frames",
+    )
+
+
 class SRRenderer:
     """Accumulate SR density, localisation-count and velocity maps incrementally.
 
@@ -187,6 +217,7 @@ class SRRenderer:
         self.upsampling = int(upsampling)
         self.step = float(step)
         self.sr_shape = (self.shape[0] * self.upsampling, self.shape[1] * self.upsampling)
+        check_sr_memory(self.shape, self.upsampling)
         size = self.sr_shape[0] * self.sr_shape[1]
         self._density = np.zeros(size)
         self._count = np.zeros(size)
