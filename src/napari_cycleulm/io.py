@@ -91,7 +91,7 @@ class LazyStack:
     ) -> None:
         self._shape = tuple(int(s) for s in shape)
         self._dtype = np.dtype(dtype)
-        self._read = read
+        self._read = _reporting_reader(read, source)
         self._close = close
         self.source = source
 
@@ -184,6 +184,23 @@ class LazyStack:
         self.close()
 
 
+def _reporting_reader(read: Callable[[int, int], np.ndarray], source: str):
+    """``read`` with failures of a damaged file turned into a :class:`CycleULMError` naming it."""
+
+    def checked(a: int, b: int) -> np.ndarray:
+        try:
+            return read(a, b)
+        except (CycleULMError, MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - every reader library raises its own types
+            raise CycleULMError(
+                f"{source or 'the stack'}: frames {a}-{b - 1} could not be read "
+                f"({type(exc).__name__}: {exc}); the file may be truncated or corrupt."
+            ) from None
+
+    return checked
+
+
 def _in_memory(arr: np.ndarray, source: str = "") -> LazyStack:
     return LazyStack(arr.shape, arr.dtype, lambda a, b: arr[a:b], source=source)
 
@@ -194,13 +211,21 @@ def _in_memory(arr: np.ndarray, source: str = "") -> LazyStack:
 def _check_path(path) -> Path:
     p = Path(path)
     ext = p.suffix.lower()
+    if p.is_dir():
+        raise CycleULMError(f"{str(p)!r} is a directory; give the file inside it to read.")
     if ext not in STACK_EXTENSIONS + TABLE_EXTENSIONS:
         raise CycleULMError(
             f"unsupported file type {ext or '(no extension)'!r} for {str(p)!r}; supported: "
             f"{' '.join(STACK_EXTENSIONS)} (stacks) and {' '.join(TABLE_EXTENSIONS)} (tables)."
         )
-    if not p.is_file():
+    if p.is_dir():
+        raise CycleULMError(f"{str(p)!r} is a directory; give the file inside it to read.")
+    if not p.exists():
         raise CycleULMError(f"file {str(p)!r} does not exist.")
+    if not p.is_file():
+        raise CycleULMError(f"{str(p)!r} is not a regular file.")
+    if not os.access(p, os.R_OK):
+        raise CycleULMError(f"{str(p)!r} cannot be read (permission denied).")
     return p
 
 
@@ -300,14 +325,29 @@ def _npy_layout(path: Path):
         except ValueError:
             return None
         offset = fh.tell()
-    if fortran or dtype.hasobject:
+    if dtype.hasobject or dtype.kind not in "biufc":
+        raise CycleULMError(
+            f"{path} holds non-numeric data (dtype {dtype}); save the frames as numbers."
+        )
+    need = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
+    have = os.path.getsize(path)
+    if have < need:
+        from ._resources import format_bytes
+
+        raise CycleULMError(
+            f"{path} is truncated or its header is wrong: it declares shape {tuple(shape)} of "
+            f"{dtype} ({format_bytes(need)}) but holds {format_bytes(have)}; re-save the array."
+        )
+    if fortran:
         return None
     return shape, dtype, offset
 
 
 def _read_npy(path: Path, lazy: bool):
-    layout = _npy_layout(path) if lazy else None
-    if layout is not None and len(layout[0]) in (2, 3) and not np.issubdtype(layout[1], np.complexfloating):
+    layout = _npy_layout(path)  # checks the declared size against the file first
+    if not lazy:
+        layout = None
+    if layout is not None and len(layout[0]) in (2, 3) and layout[1].kind in "biuf":
         shape, dtype, offset = layout
         shape = (1, *shape) if len(shape) == 2 else tuple(shape)
         per_frame = int(np.prod(shape[1:]))
@@ -321,7 +361,7 @@ def _read_npy(path: Path, lazy: bool):
         return LazyStack(shape, dtype, read, source=str(path))
     try:
         arr = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
-    except ValueError as exc:
+    except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
         raise CycleULMError(f"{path} is not a plain numeric .npy array ({exc}).") from None
     if lazy and arr.ndim in (2, 3) and not np.iscomplexobj(arr):
         view = arr[None] if arr.ndim == 2 else arr
@@ -355,14 +395,15 @@ def _pick_variable(cands: list[tuple[str, tuple, int]], variable, path) -> str:
         if variable not in [n for n, _, _ in cands]:
             raise CycleULMError(
                 f"{path} has no numeric variable {variable!r}; numeric variables: "
-                f"{_describe(shown)}."
+                f"{_describe(shown)}; pass one of them as variable= (command line: --variable NAME)."
             )
         return variable
     three = [(size, n) for n, s, size in cands if len(s) == 3]
     if not three:
         raise CycleULMError(
             f"{path} holds no 3-D numeric variable (a stack of frames); numeric variables: "
-            f"{_describe(shown)}. Pass variable='name' to read a 2-D one as a single frame."
+            f"{_describe(shown)}. To read a 2-D one as a single frame, name it: variable='name' "
+            "(command line: --variable NAME)."
         )
     if len(three) > 1:
         log.info("%s: several 3-D variables, using the largest", path)
@@ -469,9 +510,12 @@ def read_stack(path: str | os.PathLike, *, variable: str | None = None, lazy: bo
     Raises
     ------
     CycleULMError
-        Missing file, unsupported extension (the message lists the supported
-        ones), a file with no 3-D variable (the message lists the candidates),
-        an unknown ``variable``, or data that is not 2-D / 3-D.
+        Missing file, a directory, unsupported extension (the message lists the
+        supported ones), a damaged or mislabelled file, a ``.npy`` header that
+        declares more data than the file holds, non-numeric data, an empty
+        stack, a file with no 3-D variable (the message lists the candidates),
+        an unknown ``variable``, or data that is not 2-D / 3-D.  Frames of a
+        lazy stack that turn out unreadable later raise it too, naming the file.
     """
     p = _check_path(path)
     ext = p.suffix.lower()
@@ -480,20 +524,41 @@ def read_stack(path: str | os.PathLike, *, variable: str | None = None, lazy: bo
             f"{str(p)!r} is a table; read it with read_table. Stacks must be one of "
             f"{' '.join(STACK_EXTENSIONS)}."
         )
-    if ext in (".tif", ".tiff"):
-        if variable is not None:
-            raise CycleULMError("variable= only applies to .mat and HDF5 files.")
-        return _read_tiff(p, lazy)
-    if ext == ".npy":
-        if variable is not None:
-            raise CycleULMError("variable= only applies to .mat and HDF5 files.")
-        return _read_npy(p, lazy)
-    if _is_hdf5(p):
-        mat_order = ext == ".mat" or _has_matlab_header(p)
-        return _read_hdf5(p, variable, lazy, mat_order)
-    if ext == ".mat":
-        return _read_mat_v5(p, variable, lazy)
-    raise CycleULMError(f"{str(p)!r} is not a valid HDF5 file.")
+    if variable is not None and ext in (".tif", ".tiff", ".npy"):
+        raise CycleULMError(
+            f"variable= (--variable) only applies to .mat and HDF5 files, not {str(p)!r}."
+        )
+    kind = {".tif": "a TIFF", ".tiff": "a TIFF", ".npy": "a NumPy .npy array",
+            ".mat": "a MATLAB file"}.get(ext, "an HDF5 file")
+    try:
+        if ext in (".tif", ".tiff"):
+            out = _read_tiff(p, lazy)
+        elif ext == ".npy":
+            out = _read_npy(p, lazy)
+        elif _is_hdf5(p):
+            mat_order = ext == ".mat" or _has_matlab_header(p)
+            out = _read_hdf5(p, variable, lazy, mat_order)
+        elif ext == ".mat":
+            out = _read_mat_v5(p, variable, lazy)
+        else:
+            raise CycleULMError(f"{str(p)!r} is not a valid HDF5 file.")
+    except (CycleULMError, KeyboardInterrupt):
+        raise
+    except MemoryError:
+        raise CycleULMError(
+            f"{str(p)!r} does not fit in memory; read it lazily (the command line does) or crop it."
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - tifffile, h5py, scipy and numpy raise many types
+        raise CycleULMError(
+            f"{str(p)!r} could not be read as {kind} ({type(exc).__name__}: {exc}); "
+            "the file is damaged or not what its extension says."
+        ) from None
+    if 0 in tuple(out.shape):
+        raise CycleULMError(
+            f"{str(p)!r} holds no frames (shape {tuple(out.shape)}); expected a "
+            "(frames, height, width) stack with at least one frame."
+        )
+    return out
 
 
 def write_stack(path: str | os.PathLike, frames) -> None:
@@ -555,10 +620,11 @@ def write_stack(path: str | os.PathLike, frames) -> None:
 
 
 def _csv_header(path: Path) -> list[str]:
-    with open(path, newline="", encoding="utf-8-sig") as fh:
-        for line in fh:
-            if line.strip():
-                return [h.strip().lower() for h in line.split(",")]
+    from .tables import _iter_csv_rows
+
+    for row in _iter_csv_rows(path):
+        if any(cell.strip() for cell in row):
+            return [h.strip().lower() for h in row]
     return []
 
 

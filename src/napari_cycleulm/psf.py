@@ -70,6 +70,48 @@ def gaussian_kernel(
 #: Version of the PSF JSON layout written by :meth:`PSF.to_json`.
 PSF_JSON_VERSION = 1
 
+#: Narrowest PSF (sigma, pixels) a CEUS stack can be localised with: below it a
+#: bubble covers less than a pixel and the matched filters find nothing.
+MIN_SIGMA_PX = 0.3
+
+#: Widest PSF sigma (pixels) a PSF file may hold; anything above is a unit error.
+MAX_SIGMA_PX = 1000.0
+
+
+def check_psf_extent(psf: PSF, frame_shape=None, what: str = "the PSF") -> None:
+    """Refuse a PSF that cannot be used on frames of ``frame_shape``.
+
+    Parameters
+    ----------
+    psf : PSF
+        The CEUS PSF.
+    frame_shape : (int, int), optional
+        ``(H, W)`` of the frames (the last two entries of a stack shape are used).
+    what : str
+        How to name the PSF in the message (e.g. the file).
+
+    Raises
+    ------
+    CycleULMError
+        If a sigma is below :data:`MIN_SIGMA_PX` (nothing would be found) or
+        the PSF's FWHM is larger than the frames.
+    """
+    small = min(psf.sigma_y_px, psf.sigma_x_px)
+    if small < MIN_SIGMA_PX:
+        raise CycleULMError(
+            f"{what} has sigma {small:.3g} px (FWHM {small * FWHM_PER_SIGMA:.3g} px), narrower "
+            f"than a pixel (minimum sigma {MIN_SIGMA_PX} px): localisation would find nothing; "
+            "check the PSF file (sizes in pixels) or re-estimate it with `cycleulm psf`."
+        )
+    if frame_shape is not None:
+        h, w = (int(v) for v in tuple(frame_shape)[-2:])
+        if psf.fwhm_y_px > h or psf.fwhm_x_px > w:
+            raise CycleULMError(
+                f"{what} (FWHM {psf.fwhm_y_px:.3g} x {psf.fwhm_x_px:.3g} px) is larger than the "
+                f"frames ({h}x{w} px); check the PSF file (sizes in pixels) or re-estimate it "
+                "with `cycleulm psf`."
+            )
+
 #: Fewest bubbles an estimate needs, and fewest before it is trusted without a warning.
 MIN_BUBBLES = 3
 RELIABLE_BUBBLES = 10
@@ -276,15 +318,24 @@ class PSF:
         sig = {}
         for ax in ("y", "x"):
             s = number(f"sigma_{ax}_px", allow_none=False)
+            key = f"sigma_{ax}_px"
             if s is None:
                 f = number(f"fwhm_{ax}_px", allow_none=False)
                 if f is None:
                     raise CycleULMError(
                         f"{source} lacks the key 'sigma_{ax}_px' (or 'fwhm_{ax}_px')."
                     )
+                if f <= 0:
+                    raise CycleULMError(f"{source}: 'fwhm_{ax}_px' must be positive (pixels), got {f!r}.")
+                key = f"fwhm_{ax}_px"
                 s = f / FWHM_PER_SIGMA
             if s <= 0:
                 raise CycleULMError(f"{source}: 'sigma_{ax}_px' must be positive, got {s!r}.")
+            if s > MAX_SIGMA_PX:
+                raise CycleULMError(
+                    f"{source}: {key!r} is {d[key]!r}, which is absurd for a PSF (sigma over "
+                    f"{MAX_SIGMA_PX:g} px); PSF sizes are in pixels: re-estimate it with `cycleulm psf`."
+                )
             sig[ax] = s
         pixel = number("pixel_size_um")
         if pixel is not None and pixel <= 0:
@@ -327,12 +378,16 @@ class PSF:
             If the file is missing, is not valid JSON, or has missing or invalid keys.
         """
         path = Path(path)
+        if path.is_dir():
+            raise CycleULMError(f"PSF file {str(path)!r} is a directory; give the PSF JSON inside it.")
         if not path.is_file():
             raise CycleULMError(f"PSF file {str(path)!r} does not exist.")
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise CycleULMError(f"PSF file {str(path)!r} is not valid JSON ({exc}).") from None
+        except OSError as exc:
+            raise CycleULMError(f"PSF file {str(path)!r} cannot be read ({exc.strerror or exc}).") from None
         return cls.from_dict(d, source=f"PSF file {str(path)!r}")
 
 

@@ -35,6 +35,32 @@ def _as_column(name: str, values) -> np.ndarray:
     return arr.astype(np.float64)
 
 
+def _read_csv_rows(path: Path) -> list[list[str]]:
+    """All rows of a UTF-8 CSV file; every failure is a :class:`CycleULMError` naming the file."""
+    return list(_iter_csv_rows(path))
+
+
+def _iter_csv_rows(path: Path):
+    """Rows of a UTF-8 CSV file, read lazily (see :func:`_read_csv_rows`)."""
+    path = Path(path)
+    if path.is_dir():
+        raise CycleULMError(f"table {str(path)!r} is a directory; give the .csv file inside it.")
+    if not path.exists():
+        raise CycleULMError(f"table file {str(path)!r} does not exist.")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
+            yield from csv.reader(fh)
+    except UnicodeDecodeError as exc:
+        raise CycleULMError(
+            f"table {str(path)!r} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at "
+            f"position {exc.start}); save it as a UTF-8 CSV."
+        ) from None
+    except csv.Error as exc:
+        raise CycleULMError(f"table {str(path)!r} is not a readable CSV ({exc}).") from None
+    except OSError as exc:
+        raise CycleULMError(f"table {str(path)!r} cannot be read ({exc.strerror or exc}).") from None
+
+
 @dataclass
 class PointTable:
     """A table of points with named columns of equal length.
@@ -171,14 +197,12 @@ class PointTable:
         Raises
         ------
         CycleULMError
-            If the file is missing, unreadable, lacks a required column or holds
-            non-numeric values.
+            If the file is missing, a directory, not UTF-8, lacks a required
+            column, holds non-numeric values, negative frame numbers or
+            non-finite positions (the message names the file).
         """
         path = Path(path)
-        if not path.is_file():
-            raise CycleULMError(f"table file {str(path)!r} does not exist.")
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
+        rows = _read_csv_rows(path)
         rows = [r for r in rows if r and any(cell.strip() for cell in r)]
         if not rows:
             raise CycleULMError(f"{str(path)!r} is empty; expected a header row with {cls.REQUIRED}.")
@@ -202,7 +226,26 @@ class PointTable:
                 raise CycleULMError(
                     f"{str(path)!r}: column {name!r} holds a non-numeric or missing value ({exc})."
                 ) from None
-        return cls(cols)
+        try:
+            table = cls(cols)
+        except CycleULMError as exc:
+            raise CycleULMError(f"{str(path)!r}: {exc}") from None
+        frames = table["frame"]
+        if len(frames) and frames.min() < 0:
+            row = int(np.argmax(frames < 0)) + 2  # 1-based, after the header
+            raise CycleULMError(
+                f"{str(path)!r}: frame numbers must be >= 0 (0-based frame indices), got "
+                f"{int(frames.min())} (line {row}); fix the table or re-export it."
+            )
+        for name in ("y", "x"):
+            bad = ~np.isfinite(table[name])
+            if bad.any():
+                row = int(np.argmax(bad)) + 2
+                raise CycleULMError(
+                    f"{str(path)!r}: column {name!r} holds an empty, NaN or infinite position "
+                    f"(line {row}); every point needs finite pixel coordinates."
+                )
+        return table
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} rows, columns={self.names})"
