@@ -72,12 +72,13 @@ from typing import Any
 import numpy as np
 
 from . import io as ulm_io
-from ._atomic import write_text_atomic
+from ._atomic import staged_dir, write_text_atomic
+from ._outputs import check_output_dir
 from .arrays import intensity_scale
 from .errors import CycleULMError
 from .e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
 from .progress import Progress, drive
-from .psf import PSF
+from .psf import PSF, check_psf_extent
 from .render import SRMaps, SRRenderer
 from .tables import Localisations, TableWriter, Tracks
 from .track import Linker
@@ -339,6 +340,10 @@ def iter_pipeline(
             f"the input must be a (frames, height, width) stack with at least one frame, got shape {shape}."
         )
     keep_tables = out_dir is None if keep_tables is None else keep_tables
+    if out_dir is not None:
+        # Before any work: the run folder is never an input nor an unrelated folder.
+        check_output_dir(out_dir, inputs=[getattr(stack, "source", None)], overwrite=True,
+                         option="out_dir")
     denoise_params = dict(denoise_params or {})
     localise_params = dict(localise_params or {})
     track_params = dict(track_params or {})
@@ -380,6 +385,7 @@ def iter_pipeline(
         timer.add("psf", t0)
     if not (psf is None and spec.localise in ("mblnet", "e2e")):
         psf = _check_psf(psf)
+        check_psf_extent(psf, shape[1:])
     mb_psf = psf.mbonly() if (psf is not None and spec.denoise == "mbdt") else None
     loc_psf = mb_psf if spec.denoise == "mbdt" else psf
     if mb_psf is not None:
@@ -503,13 +509,15 @@ def iter_pipeline(
     with ExitStack() as stack_ctx:
         loc_writer = track_writer = None
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+            # Everything is written into a hidden sibling folder that replaces
+            # ``out`` as one unit when the run completes: never a mix of runs.
+            stage = stack_ctx.enter_context(staged_dir(out))
             if not e2e:
                 loc_writer = stack_ctx.enter_context(
-                    TableWriter(out / "localisations.csv", table_type=Localisations)
+                    TableWriter(stage / "localisations.csv", table_type=Localisations)
                 )
                 track_writer = stack_ctx.enter_context(
-                    TableWriter(out / "tracks.csv", table_type=Tracks)
+                    TableWriter(stage / "tracks.csv", table_type=Tracks)
                 )
 
         def consume_tracks(tracks: Tracks) -> None:
@@ -597,14 +605,14 @@ def iter_pipeline(
             params=params,
         )
         if out is not None:
-            result.outputs = write_maps(result, out)
+            result.outputs = {k: str(out / Path(v).name) for k, v in write_maps(result, stage).items()}
             if e2e:
                 result.outputs["localisations"] = E2E_NO_TABLES
                 result.outputs["tracks"] = E2E_NO_TABLES
             else:
                 result.outputs["localisations"] = str(out / "localisations.csv")
                 result.outputs["tracks"] = str(out / "tracks.csv")
-            write_text_atomic(out / "run.json", json.dumps(result.summary(), indent=2, default=str))
+            write_text_atomic(stage / "run.json", json.dumps(result.summary(), indent=2, default=str))
     return result
 
 
