@@ -68,8 +68,7 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_cycleulm.pipeline import PIPELINES
-    from napari_cycleulm._widgets.translate_widget import TranslateWidget
-    from napari_cycleulm._widgets.workflow_widget import WorkflowWidget
+    from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
@@ -89,8 +88,8 @@ def main(argv=None) -> int:
         viewer.screenshot(str(out / name), canvas_only=False)
         print(f"  screenshot {out / name}", flush=True)
 
-    dock = WorkflowWidget(viewer)
-    viewer.window.add_dock_widget(dock, name="CycleULM workflow", area="right")
+    # As a user does: Plugins > CycleULM > CycleULM workflow.
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "CycleULM workflow")
 
     # 1. load the sample
     t0 = time.perf_counter()
@@ -154,7 +153,7 @@ def main(argv=None) -> int:
     viewer.grid.enabled = False
 
     # 5. evaluate: MB-only frames, CNR on the MIPs, FWHM along a line, accuracy vs ground truth
-    tr = TranslateWidget(viewer)
+    _, tr = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Translate to MB-only (MB-DT)")
     tr.image.value = image
     t0 = time.perf_counter()
     timings["5 translate to MB-only (MB-DT, 200 frames)"] = _run(app, tr)

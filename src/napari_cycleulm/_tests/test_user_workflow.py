@@ -19,8 +19,7 @@ pytest.importorskip("napari")
 from napari_cycleulm.pipeline import PIPELINES  # noqa: E402
 from napari_cycleulm.simulate import isolated_positions  # noqa: E402
 from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
-from napari_cycleulm._widgets.translate_widget import TranslateWidget  # noqa: E402
-from napari_cycleulm._widgets.workflow_widget import WorkflowWidget  # noqa: E402
+from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -42,8 +41,8 @@ def _boxes(gt: np.ndarray, shape):
 
 def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, tmp_path):
     viewer = make_napari_viewer()
-    dock = WorkflowWidget(viewer)
-    viewer.window.add_dock_widget(dock, name="CycleULM workflow")
+    # As a user does: Plugins > CycleULM > CycleULM workflow.
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "CycleULM workflow")
 
     # 1. data: the bundled sample, then its first frames as the stack to work on
     sample = dock.load_sample()
@@ -109,7 +108,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, tmp_path):
             assert len(viewer.layers[f"CEUS 40 localisations [{name}]"].data) > 0
 
     # 5. MB-only frames for the evaluation
-    tr = TranslateWidget(viewer)
+    _, tr = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Translate to MB-only (MB-DT)")
     tr.image.value = stack
     run_widget(qtbot, tr)
     mb = viewer.layers["CEUS 40 MB-only"]

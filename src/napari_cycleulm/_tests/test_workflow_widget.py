@@ -53,8 +53,7 @@ def dock(make_napari_viewer, small_sample, monkeypatch):
     """A viewer with the workflow dock, and 'Load sample' giving the small sample."""
     monkeypatch.setattr(_sample_data, "make_sample", lambda: small_sample)
     viewer = make_napari_viewer()
-    w = WorkflowWidget(viewer)
-    viewer.window.add_dock_widget(w, name="CycleULM workflow")
+    _, w = viewer.window.add_plugin_dock_widget(workflow_widget.PLUGIN_NAME, "CycleULM workflow")
     return viewer, w
 
 
@@ -164,22 +163,6 @@ def test_tool_buttons_dock_the_tools_with_the_stack_chosen(dock, errors):
     viewer.window.remove_dock_widget(psf_tool.native)
     assert w.open_psf_tool() is not psf_tool
     assert len(errors) == 1
-
-
-def test_missing_evaluate_and_export_tools_leave_disabled_buttons(make_napari_viewer, monkeypatch, errors):
-    monkeypatch.setattr(workflow_widget, "EVALUATE_WIDGET", ("napari_cycleulm._widgets.no_such_module", "X"))
-    monkeypatch.setattr(workflow_widget, "EXPORT_WIDGET", ("napari_cycleulm._widgets.render_widget", "RenderWidget"))
-    viewer = make_napari_viewer()
-    w = WorkflowWidget(viewer)
-    assert not w.evaluate_button.enabled
-    assert w.evaluate_status.value == "✗ the evaluate tool is not available in this installation"
-    with pytest.raises(CycleULMError, match="not available"):
-        w.open_evaluate_tool()
-    w.evaluate_button.changed.emit(True)  # the button's callback turns it into a notification
-    assert "not available" in errors[-1]
-    # An installed tool opens as a dock.
-    assert w.export_button.enabled
-    assert isinstance(w.open_export_tool(), RenderWidget)
 
 
 def test_one_click_pipeline_run_makes_the_named_layers(dock, errors, qtbot):

@@ -36,6 +36,17 @@ def layer_choices(viewer: napari.Viewer, layer_type, allow_none: bool = False):
     return choices
 
 
+def unproxied(viewer: "napari.viewer.Viewer") -> "napari.viewer.Viewer":
+    """The viewer behind napari's ``PublicOnlyProxy``.
+
+    The Plugins menu hands widgets a proxy that wraps every attribute access in
+    a *new* proxy, so ``viewer.layers[0] is viewer.layers[0]`` is False there.
+    The widgets compare layers by identity (choosers, provenance), so they
+    keep the viewer itself; a plain viewer is returned unchanged.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 def error_message(exc: BaseException) -> str:
     """What the user is told: our own errors verbatim, others with their type."""
     if isinstance(exc, CycleULMError):
@@ -77,9 +88,9 @@ class StageWidget(Container):
     #: Whether this widget's results honour the re-run choice (shows the "re-run" chooser).
     offers_rerun_mode = True
 
-    def __init__(self, viewer: napari.Viewer):
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         super().__init__(labels=True)
-        self.viewer = viewer
+        self.viewer = napari_viewer = unproxied(napari_viewer)
         self.worker: GeneratorWorker | None = None
         self.last_error: str | None = None
         self.run_button = PushButton(text=self.run_text)
@@ -96,7 +107,7 @@ class StageWidget(Container):
         self.run_button.changed.connect(self.start)
         self.stop_button.changed.connect(self.stop)
         self._combos: list[ComboBox] = []
-        events = viewer.layers.events
+        events = napari_viewer.layers.events
         for event in (events.inserted, events.removed, events.renamed):
             event.connect(self._refresh_layers)
 

@@ -16,8 +16,8 @@ from ._layers import add_result, frames_from_layer, geometry_of, result_metadata
 class DenoiseWidget(StageWidget):
     """Image -> Image: ``<input> denoised``."""
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.image = self.layer_combo("CEUS", Image)
         self.method = ComboBox(label="method", choices=["adaptive threshold", "SVD clutter filter"])
         self.window = SpinBox(label="window (px, 0=auto)", value=0, min=0, max=1001)

@@ -25,12 +25,12 @@ class E2EWidget(StageWidget):
     the Translate widget) MB-DT is skipped and the frames go straight to MBT-Net.
     """
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.image = self.layer_combo("CEUS", Image)
         self.mb_only = CheckBox(text="input is already MB-only", value=False)
-        self.mbdt = ModelPicker("mbdt", viewer, label="MB-DT model")
-        self.mbtnet = ModelPicker("mbtnet", viewer, label="MBT-Net model")
+        self.mbdt = ModelPicker("mbdt", self.viewer, label="MB-DT model")
+        self.mbtnet = ModelPicker("mbtnet", self.viewer, label="MBT-Net model")
         self._combos.extend([self.mbdt, self.mbtnet])
         self.block_size = SpinBox(label="block size (frames)", value=64, min=8, max=100000)
         self.upsampling = SpinBox(label="upsampling", value=4, min=1, max=16)

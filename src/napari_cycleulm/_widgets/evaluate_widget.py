@@ -50,7 +50,7 @@ from ..export import pixel_size_from_meta
 from ..progress import Progress
 from ..roi import AREA_SHAPE_TYPES, rois_to_mask
 from ..tables import Localisations
-from ._base import StageWidget, layer_choices
+from ._base import StageWidget, layer_choices, unproxied
 from ._layers import (
     GENERATED_KEY,
     add_result,
@@ -571,25 +571,25 @@ class AccuracyPanel(StageWidget):
 class EvaluateWidget(Container):
     """Evaluation dock widget: shared frame choice and the CNR / FWHM / Localisations tabs."""
 
-    def __init__(self, viewer: napari.Viewer):
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         super().__init__(labels=True)
         from qtpy.QtWidgets import QTabWidget
 
-        self.viewer = viewer
-        self.raw = ComboBox(label="raw frames", choices=layer_choices(viewer, Image),
+        self.viewer = unproxied(napari_viewer)
+        self.raw = ComboBox(label="raw frames", choices=layer_choices(self.viewer, Image),
                             tooltip="the CEUS stack; CNR and FWHM are measured on its MIP over time")
-        self.mb_only = ComboBox(label="MB-only frames", choices=layer_choices(viewer, Image, allow_none=True),
+        self.mb_only = ComboBox(label="MB-only frames", choices=layer_choices(self.viewer, Image, allow_none=True),
                                 tooltip="the Translate widget's '<input> MB-only' layer (optional)")
         self.mip_button = PushButton(text="Show MIPs",
                                      tooltip="add the MIP of the chosen frames as layers, to draw regions on")
         self.mip_button.changed.connect(self.show_mips)
         self.extend([self.raw, self.mb_only, self.mip_button])
-        events = viewer.layers.events
+        events = self.viewer.layers.events
         for event in (events.inserted, events.removed, events.renamed):
             event.connect(self._refresh)
-        self.cnr = CNRPanel(viewer, self)
-        self.fwhm = FWHMPanel(viewer, self)
-        self.accuracy = AccuracyPanel(viewer, self)
+        self.cnr = CNRPanel(self.viewer, self)
+        self.fwhm = FWHMPanel(self.viewer, self)
+        self.accuracy = AccuracyPanel(self.viewer, self)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.cnr.native, "CNR")
         self.tabs.addTab(self.fwhm.native, "FWHM")

@@ -78,8 +78,8 @@ class ExportWidget(StageWidget):
     run_text = "Export"
     offers_rerun_mode = False  # writes files, adds no layers
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.layers = Select(label="layers", choices=self._layer_choices,
                              tooltip="images, points and tracks to export (Ctrl/Shift-click for several)")
         self.layers.native.setMinimumHeight(90)

@@ -31,12 +31,12 @@ class LocaliseWidget(StageWidget):
     the network was trained on.
     """
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.image = self.layer_combo("frames", Image)
         self.psf_layer = self.layer_combo("PSF", Image)
         self.method = ComboBox(label="method", choices=["ncc", "decon", "mblnet"], value="ncc")
-        self.model = ModelPicker("mblnet", viewer, label="MBL-Net model")
+        self.model = ModelPicker("mblnet", self.viewer, label="MBL-Net model")
         self.model.visible = False
         self._combos.append(self.model)
         self.threshold = FloatSpinBox(label="threshold", value=DEFAULT_THRESHOLDS["ncc"], min=0.0, max=1e6, step=0.05)

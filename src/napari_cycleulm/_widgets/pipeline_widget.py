@@ -134,8 +134,8 @@ def describe_result(result: PipelineResult) -> str:
 class PipelineWidget(StageWidget):
     """CEUS layer (+ PSF layer, or automatic PSF) -> localisations, tracks and SR maps."""
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.image = self.layer_combo("CEUS", Image)
         self.psf_layer = self.layer_combo("PSF (none = auto)", Image, allow_none=True)
         self.pipeline = ComboBox(label="pipeline", choices=sorted(PIPELINES), value="baseline1")

@@ -290,8 +290,8 @@ class PSFWidget(StageWidget):
 
     run_text = "Estimate"
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.psf = None
         self.estimate: PSFEstimate | None = None
         # Outcome of the last estimate per pick position of one layer: None = used, str = why rejected.

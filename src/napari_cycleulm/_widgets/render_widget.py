@@ -21,8 +21,8 @@ class RenderWidget(StageWidget):
     reference layer's metadata has ``pixel_size_um`` and ``frame_rate_hz``.
     """
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.tracks = self.layer_combo("tracks", TracksLayer)
         self.reference = self.layer_combo("CEUS (grid)", Image)
         self.upsampling = SpinBox(label="upsampling", value=4, min=1, max=16)

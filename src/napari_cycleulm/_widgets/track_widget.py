@@ -22,8 +22,8 @@ class TrackWidget(StageWidget):
     user's own gives ``<its name> tracks``.
     """
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.points = self.layer_combo("localisations", Points)
         self.max_distance = FloatSpinBox(label="max distance (px/frame)", value=3.0, min=0.1, max=100.0, step=0.5)
         self.max_gap = SpinBox(label="max gap (frames)", value=1, min=0, max=10)

@@ -91,8 +91,8 @@ class TrainWidget(StageWidget):
     #: Its only layer is the preview, always updated in place: no re-run choice.
     offers_rerun_mode = False
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.image = self.layer_combo("CEUS", Image)
         self.roi = self.layer_combo("ROI (none = whole frame)", Shapes, allow_none=True)
         self.psf_layer = ComboBox(label="PSF (CEUS)", choices=self._psf_choices,

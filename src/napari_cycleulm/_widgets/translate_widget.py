@@ -22,10 +22,10 @@ class TranslateWidget(StageWidget):
 
     run_text = "Translate"
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self.image = self.layer_combo("CEUS", Image)
-        self.model = ModelPicker("mbdt", viewer, label="MB-DT model")
+        self.model = ModelPicker("mbdt", self.viewer, label="MB-DT model")
         self._combos.append(self.model)
         self.block_size = SpinBox(label="block size (frames)", value=64, min=1, max=100000)
         self.extend([self.image, *self.model.widgets, self.block_size])

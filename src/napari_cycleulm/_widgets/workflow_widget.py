@@ -8,7 +8,9 @@ optional or automatic).  The dock only reads layers and calls the core: the
 pipeline runs exactly as in the "Run a ULM pipeline" widget
 (:func:`~.pipeline_widget.pipeline_job`, :func:`~.pipeline_widget.add_pipeline_layers`),
 and the detailed tools (PSF, fine-tuning, render, evaluation, export) open
-as their own docks, with this dock's CEUS stack chosen in them.
+as their own docks exactly as the Plugins menu opens them
+(``viewer.window.add_plugin_dock_widget``), with this dock's CEUS stack
+chosen in them.
 
 Statuses are refreshed when layers are inserted, removed or renamed, when a
 layer's metadata changes (a PSF estimated again, a model fine-tuned), and
@@ -17,8 +19,6 @@ after runs.
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable
 from pathlib import Path
 
 import napari
@@ -39,20 +39,20 @@ from .pipeline_widget import add_pipeline_layers, describe_result, pipeline_job
 
 OK, MISSING, OPTIONAL = "✓", "✗", "○"
 
-#: Optional docks written elsewhere: (module, class).  A missing one leaves its button disabled.
-EVALUATE_WIDGET = ("napari_cycleulm._widgets.evaluate_widget", "EvaluateWidget")
-EXPORT_WIDGET = ("napari_cycleulm._widgets.export_widget", "ExportWidget")
+#: The plugin name under which napari lists our widgets (``napari.yaml``).
+PLUGIN_NAME = "napari-cycleulm"
+
+#: The tool docks this dock opens: key -> widget display name in ``napari.yaml``.
+TOOLS = {
+    "psf": "Estimate PSF",
+    "train": "Fine-tune MB-DT",
+    "render": "Render SR maps",
+    "evaluate": "Evaluate",
+    "export": "Export",
+}
 
 #: Words in the names of the SR maps (see ``_layers.add_sr_layers``).
 SR_WORDS = ("SR density", "SR velocity", "SR direction")
-
-
-def optional_widget(module: str, name: str) -> type | None:
-    """The dock widget class ``module.name``, or None when this installation lacks it."""
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError):
-        return None
 
 
 def is_ceus_layer(layer: Layer) -> bool:
@@ -101,13 +101,11 @@ class WorkflowWidget(StageWidget):
 
     run_text = "Run pipeline"
 
-    def __init__(self, viewer: napari.Viewer):
-        super().__init__(viewer)
+    def __init__(self, napari_viewer: "napari.viewer.Viewer"):
+        super().__init__(napari_viewer)
         self._refreshing = False
         self._seen_models: set[str] = set()
         self.docks: dict[str, Container] = {}
-        self._tools = {key: optional_widget(*where) for key, where in
-                       (("evaluate", EVALUATE_WIDGET), ("export", EXPORT_WIDGET))}
 
         # 1 Data
         self.image = ComboBox(label="CEUS stack", choices=self._data_choices,
@@ -120,7 +118,7 @@ class WorkflowWidget(StageWidget):
         self.psf_button = PushButton(text="Open PSF tool")
         self.psf_status = self._status_label()
         # 3 Fine-tune MB-DT
-        self.mbdt = ModelPicker("mbdt", viewer, label="MB-DT model")
+        self.mbdt = ModelPicker("mbdt", self.viewer, label="MB-DT model")
         self.train_button = PushButton(text="Open fine-tuning tool")
         self.mbdt_status = self._status_label()
         # 4 Pipeline
@@ -161,9 +159,9 @@ class WorkflowWidget(StageWidget):
         self.export_button.changed.connect(self.guard(self.open_export_tool))
         for widget in (self.image, self.psf_layer, self.pipeline, self.mbdt.choice, self.mbdt.file):
             widget.changed.connect(self.refresh_status)
-        viewer.layers.events.inserted.connect(self._on_inserted)
-        viewer.layers.events.removed.connect(self._on_removed)
-        for layer in viewer.layers:
+        self.viewer.layers.events.inserted.connect(self._on_inserted)
+        self.viewer.layers.events.removed.connect(self._on_removed)
+        for layer in self.viewer.layers:
             layer.events.metadata.connect(self._on_metadata)
         self.refresh_status()
 
@@ -248,10 +246,8 @@ class WorkflowWidget(StageWidget):
             self.mbdt_status.value = self._mbdt_text()
             self.pipeline_status.value = self._pipeline_text()
             self.render_status.value = self._render_text()
-            self.evaluate_status.value, self.evaluate_button.enabled = self._tool_text(
-                "evaluate", "compare the SR maps with the ground truth or between pipelines")
-            self.export_status.value, self.export_button.enabled = self._tool_text(
-                "export", "save SR maps, tables and the run's parameters")
+            self.evaluate_status.value = f"{OPTIONAL} compare the SR maps with the ground truth or between pipelines"
+            self.export_status.value = f"{OPTIONAL} save SR maps, tables and the run's parameters"
         finally:
             self._refreshing = False
 
@@ -347,11 +343,6 @@ class WorkflowWidget(StageWidget):
                     "with the Render tool")
         return f"{OK} SR maps: " + "; ".join(layer.name for layer in layers)
 
-    def _tool_text(self, key: str, purpose: str) -> tuple[str, bool]:
-        if self._tools[key] is None:
-            return f"{MISSING} the {key} tool is not available in this installation", False
-        return f"{OPTIONAL} {purpose}", True
-
     # -- buttons ---------------------------------------------------------------------
     def load_sample(self, _=None) -> Image:
         """Add the simulated sample (CEUS stack and hidden ground truth) and choose it."""
@@ -366,22 +357,16 @@ class WorkflowWidget(StageWidget):
         self.status.value = f"sample loaded as {image.name!r}"
         return image
 
-    def open_dock(self, key: str, factory: Callable[[napari.Viewer], Container], name: str) -> Container:
-        """Dock the tool made by ``factory`` (once; shown again if already docked) with this stack chosen."""
-        widget = self.docks.get(key)
-        if widget is not None:
-            try:
-                docked = widget.native.parent() is not None
-            except RuntimeError:  # its Qt object was deleted with the dock
-                docked = False
-            if docked:
-                widget.native.parent().show()
-                widget.native.parent().raise_()
-                self._preselect(widget)
-                return widget
-        widget = factory(self.viewer)
+    def open_dock(self, key: str) -> Container:
+        """Open the tool ``key`` of :data:`TOOLS` as the Plugins menu does, with this stack chosen.
+
+        napari makes the dock once (injecting the viewer) and shows the same
+        one again when it is already docked; a dock the user closed is made anew.
+        """
+        dock, widget = self.viewer.window.add_plugin_dock_widget(PLUGIN_NAME, TOOLS[key])
+        dock.show()
+        dock.raise_()
         self._preselect(widget)
-        self.viewer.window.add_dock_widget(widget, name=name)
         self.docks[key] = widget
         return widget
 
@@ -397,35 +382,23 @@ class WorkflowWidget(StageWidget):
                 combo.value = value
 
     def open_psf_tool(self, _=None):
-        from .psf_widget import PSFWidget
-
         if self.image.value is None:
             raise CycleULMError("choose a CEUS stack first (step 1): the PSF is measured on its bubbles.")
-        return self.open_dock("psf", PSFWidget, "Estimate PSF")
+        return self.open_dock("psf")
 
     def open_train_tool(self, _=None):
-        from .train_widget import TrainWidget
-
         if self.image.value is None:
             raise CycleULMError("choose a CEUS stack first (step 1): MB-DT is fine-tuned on it.")
-        return self.open_dock("train", TrainWidget, "Fine-tune MB-DT")
+        return self.open_dock("train")
 
     def open_render_tool(self, _=None):
-        from .render_widget import RenderWidget
-
-        return self.open_dock("render", RenderWidget, "Render SR maps")
-
-    def _open_optional(self, key: str, name: str):
-        cls = self._tools[key]
-        if cls is None:
-            raise CycleULMError(f"the {name} tool is not available in this installation.")
-        return self.open_dock(key, cls, name)
+        return self.open_dock("render")
 
     def open_evaluate_tool(self, _=None):
-        return self._open_optional("evaluate", "Evaluate")
+        return self.open_dock("evaluate")
 
     def open_export_tool(self, _=None):
-        return self._open_optional("export", "Export")
+        return self.open_dock("export")
 
     # -- running ---------------------------------------------------------------------
     def work(self):
@@ -447,4 +420,4 @@ class WorkflowWidget(StageWidget):
         self.refresh_status()
 
 
-__all__ = ["WorkflowWidget", "is_ceus_layer", "is_psf_layer", "optional_widget", "psf_summary"]
+__all__ = ["PLUGIN_NAME", "TOOLS", "WorkflowWidget", "is_ceus_layer", "is_psf_layer", "psf_summary"]
