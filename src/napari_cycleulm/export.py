@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_path, write_text_atomic
+from ._atomic import atomic_path, staged_dir, write_text_atomic
+from ._outputs import check_writable_folder
 from ._json import jsonable
 from .errors import CycleULMError
 from .progress import Progress, drive
@@ -378,7 +379,14 @@ def _scale_bar_length_px(scale_bar_mm, pixel_size_um, width) -> tuple[float | No
         )
     if scale_bar_mm == "auto":
         return nice_scale_bar_mm(width, pixel_size_um), float(pixel_size_um)
-    return _positive_or_none("scale_bar_mm", scale_bar_mm), float(pixel_size_um)
+    bar = _positive_or_none("scale_bar_mm", scale_bar_mm)
+    width_mm = width * float(pixel_size_um) / 1000.0
+    if bar > width_mm:
+        raise CycleULMError(
+            f"a scale bar of {bar:g} mm is longer than the image ({width} px x {float(pixel_size_um):.4g} um "
+            f"= {width_mm:.3g} mm wide); choose a shorter --scale-bar-mm (0: no bar)."
+        )
+    return bar, float(pixel_size_um)
 
 
 def write_png(
@@ -903,6 +911,7 @@ def export_run(
     upsampling: int | None = None,
     mip: bool = False,
     physical: bool = False,
+    overwrite: bool = True,
 ) -> ExportReport:
     """Export the maps and tables of ``cycleulm run`` folders (or loose files).
 
@@ -940,6 +949,12 @@ def export_run(
         skipped with a note.
     physical : bool
         Add ``y_um, x_um, t_s`` (and velocities in mm/s) to the CSVs.
+    overwrite : bool
+        Allow replacing files of an earlier export in ``out_dir`` (then the
+        files that export listed in its ``export.json`` and this one does not
+        rewrite are removed, so the folder never mixes two exports).  False
+        refuses, before any work, when ``out_dir`` holds an ``export.json``
+        or a file this export would write.
 
     Returns
     -------
@@ -949,8 +964,11 @@ def export_run(
     ------
     CycleULMError
         On missing inputs, unreadable or invalid files, clashing output
-        names, an explicit scale bar for a map without pixel size, or an
-        output that would overwrite its source.
+        names, an unknown colormap or a gamma <= 0, an explicit scale bar
+        for a map without pixel size or longer than the map, an output that
+        would overwrite its source, or existing outputs without
+        ``overwrite``.  Nothing is written then: files are made in a hidden
+        sibling folder and moved into ``out_dir`` only when all succeeded.
     """
     from .io import read_table
 
@@ -961,8 +979,15 @@ def export_run(
         raise CycleULMError(f"upsampling must be an integer >= 1, got {upsampling!r}.")
     if scale_bar_mm not in (None, 0, "auto"):
         _positive_or_none("scale_bar_mm", scale_bar_mm)
+    if gamma is not None:
+        _positive_or_none("gamma", gamma)
+    if colormap is not None:
+        _colormap(colormap)
     files = _collect(sources)
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise CycleULMError(f"--out {str(out)!r} is a file; give a folder for the exported files.")
+    check_writable_folder(out)
     report = ExportReport(out)
 
     # Plan every output first, so a clash is reported before anything is written.
@@ -985,81 +1010,113 @@ def export_run(
                     "export them separately or give their folders instead."
                 )
             planned[key] = src
+    if not overwrite:
+        existing = [str(p) for p in [out / "export.json", *planned] if p.exists()]
+        if existing:
+            raise CycleULMError(
+                f"{str(out)!r} already holds an export ({existing[0]}"
+                + (f" and {len(existing) - 1} more" if len(existing) > 1 else "")
+                + "); pass --overwrite to replace it, or choose another --out folder."
+            )
 
-    facts_cache: dict[Path, dict] = {}
-    for src, sub, explicit in files:
-        facts = facts_cache.setdefault(src.parent.resolve(), _folder_facts(src.parent))
-        fr = fr_cli or facts["frame_rate_hz"]
-        if src.suffix.lower() == ".csv":
-            if "csv" not in fmts:
+    old_manifest = _read_json(out / "export.json") if out.is_dir() else {}
+    with staged_dir(out, merge=True, last=("export.json",)) as stage:
+        report.out_dir = stage
+        facts_cache: dict[Path, dict] = {}
+        for src, sub, explicit in files:
+            facts = facts_cache.setdefault(src.parent.resolve(), _folder_facts(src.parent))
+            fr = fr_cli or facts["frame_rate_hz"]
+            if src.suffix.lower() == ".csv":
+                if "csv" not in fmts:
+                    continue
+                table = read_table(src)
+                px_table = px_cli or facts["pixel_size_um"]
+                entry = _write_table(table, stage / sub / f"{src.stem}.csv", str(src), px_table, fr,
+                                     physical, report.notes)
+                report.files.append(entry)
                 continue
-            table = read_table(src)
-            px_table = px_cli or facts["pixel_size_um"]
-            entry = _write_table(table, out / sub / f"{src.stem}.csv", str(src), px_table, fr,
-                                 physical, report.notes)
-            report.files.append(entry)
-            continue
-        if not ({"tif", "png"} & set(fmts)):
-            continue
-        mf = read_map_tiff(src)
-        data = mf.data
-        if data.ndim == 3 and data.shape[0] == 1:
-            data = data[0]
-        source_name, stem = str(src), src.stem
-        if data.ndim == 3:
-            if not mip:
-                msg = (f"{str(src)!r} is a stack of {data.shape[0]} frames, not a 2-D map; "
-                       "use --mip to export its maximum-intensity projection")
-                if explicit:
-                    raise CycleULMError(msg + ".")
-                report.notes.append(msg + "; skipped.")
+            if not ({"tif", "png"} & set(fmts)):
                 continue
-            data = _stack_mip(data)
-            source_name += " (MIP)"
-            stem += "_MIP"
-        is_sr = src.stem.lower().startswith("sr_") or bool(mf.info.get("upsampling"))
-        u = upsampling or facts["upsampling"] or _valid(mf.info.get("upsampling"))
-        if px_cli is not None:
-            if is_sr and u is None:
-                raise CycleULMError(
-                    f"{str(src)!r} is an SR map but its upsampling is unknown (no run.json beside it); "
-                    "give --upsampling."
-                )
-            px = px_cli / (u if is_sr else 1)
-        elif mf.pixel_size_um is not None:
-            px = mf.pixel_size_um
-        elif facts["pixel_size_um"] is not None and (not is_sr or u is not None):
-            px = facts["pixel_size_um"] / (u if is_sr else 1)
-        else:
-            px = None
-        style = map_style(src.stem)
-        cmap = colormap or style[0]
-        g = style[1] if gamma is None else gamma
-        if px is None:
-            if scale_bar_mm not in (None, 0, "auto") and "png" in fmts:
-                raise CycleULMError(
-                    f"no pixel size for {str(src)!r}, so no scale bar can be drawn; give "
-                    "--pixel-size-um (the CEUS pixel size) or leave out --scale-bar-mm."
-                )
-            report.notes.append(f"{src.name}: no pixel size known (give --pixel-size-um); "
-                                "written without calibration or scale bar.")
-        info = {"map": stem, "source": source_name, "colormap": cmap}
-        if is_sr and u:
-            info["upsampling"] = u
-        if "tif" in fmts:
-            path = write_map_tiff(out / sub / f"{stem}.tif", data, px, info=info)
-            report.files.append({"path": str(path), "source": source_name, "format": "tif",
-                                 "pixel_size_um": px})
-        if "png" in fmts:
-            bar, _ = _scale_bar_length_px(scale_bar_mm if px is not None else None, px, data.shape[-1])
-            path = write_png(data, out / sub / f"{stem}.png", cmap=cmap, gamma=g,
-                             vmax_percentile=style[2], scale_bar_mm=bar, pixel_size_um=px)
-            report.files.append({"path": str(path), "source": source_name, "format": "png",
-                                 "pixel_size_um": px, "colormap": cmap, "gamma": g, "scale_bar_mm": bar})
-    if not report.files:
-        raise CycleULMError(
-            "nothing was exported: the inputs hold no file of the chosen formats "
-            "(maps need --tiff or --png, tables --csv)."
-        )
-    report.write_manifest()
+            mf = read_map_tiff(src)
+            data = mf.data
+            if data.ndim == 3 and data.shape[0] == 1:
+                data = data[0]
+            source_name, stem = str(src), src.stem
+            if data.ndim == 3:
+                if not mip:
+                    msg = (f"{str(src)!r} is a stack of {data.shape[0]} frames, not a 2-D map; "
+                           "use --mip to export its maximum-intensity projection")
+                    if explicit:
+                        raise CycleULMError(msg + ".")
+                    report.notes.append(msg + "; skipped.")
+                    continue
+                data = _stack_mip(data)
+                source_name += " (MIP)"
+                stem += "_MIP"
+            is_sr = src.stem.lower().startswith("sr_") or bool(mf.info.get("upsampling"))
+            u = upsampling or facts["upsampling"] or _valid(mf.info.get("upsampling"))
+            if px_cli is not None:
+                if is_sr and u is None:
+                    raise CycleULMError(
+                        f"{str(src)!r} is an SR map but its upsampling is unknown (no run.json beside it); "
+                        "give --upsampling."
+                    )
+                px = px_cli / (u if is_sr else 1)
+            elif mf.pixel_size_um is not None:
+                px = mf.pixel_size_um
+            elif facts["pixel_size_um"] is not None and (not is_sr or u is not None):
+                px = facts["pixel_size_um"] / (u if is_sr else 1)
+            else:
+                px = None
+            style = map_style(src.stem)
+            cmap = colormap or style[0]
+            g = style[1] if gamma is None else gamma
+            if px is None:
+                if scale_bar_mm not in (None, 0, "auto") and "png" in fmts:
+                    raise CycleULMError(
+                        f"no pixel size for {str(src)!r}, so no scale bar can be drawn; give "
+                        "--pixel-size-um (the CEUS pixel size) or leave out --scale-bar-mm."
+                    )
+                report.notes.append(f"{src.name}: no pixel size known (give --pixel-size-um); "
+                                    "written without calibration or scale bar.")
+            info = {"map": stem, "source": source_name, "colormap": cmap}
+            if is_sr and u:
+                info["upsampling"] = u
+            if "tif" in fmts:
+                path = write_map_tiff(stage / sub / f"{stem}.tif", data, px, info=info)
+                report.files.append({"path": str(path), "source": source_name, "format": "tif",
+                                     "pixel_size_um": px})
+            if "png" in fmts:
+                bar, _ = _scale_bar_length_px(scale_bar_mm if px is not None else None, px, data.shape[-1])
+                path = write_png(data, stage / sub / f"{stem}.png", cmap=cmap, gamma=g,
+                                 vmax_percentile=style[2], scale_bar_mm=bar, pixel_size_um=px)
+                report.files.append({"path": str(path), "source": source_name, "format": "png",
+                                     "pixel_size_um": px, "colormap": cmap, "gamma": g, "scale_bar_mm": bar})
+        if not report.files:
+            raise CycleULMError(
+                "nothing was exported: the inputs hold no file of the chosen formats "
+                "(maps need --tiff or --png, tables --csv)."
+            )
+        report.out_dir = out
+        for f in report.files:
+            f["path"] = str(out / Path(f["path"]).relative_to(stage))
+        write_text_atomic(stage / "export.json", json.dumps(report.to_dict(), indent=2) + "\n")
+    report.manifest = out / "export.json"
+    _remove_stale(old_manifest, out, {Path(f["path"]) for f in report.files})
     return report
+
+
+def _remove_stale(old_manifest: dict, out: Path, written: set[Path]) -> None:
+    """Delete the files an earlier export into ``out`` listed and this one did not rewrite."""
+    files = old_manifest.get("files") if isinstance(old_manifest.get("files"), list) else []
+    root = out.resolve()
+    for f in files:
+        p = Path(f.get("path", "")) if isinstance(f, dict) else None
+        if p is None or not str(p) or p in written:
+            continue
+        try:
+            inside = root in p.resolve().parents
+        except OSError:
+            continue
+        if inside and p.is_file() and p.suffix.lower() in (".tif", ".tiff", ".png", ".csv"):
+            p.unlink()
