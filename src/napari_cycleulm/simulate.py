@@ -484,6 +484,12 @@ _LATERAL_FWHM_PER_A = _fwhm_1d(_lateral(_U, np.ones_like(_U)), 1e-4)
 # ---------------------------------------------------------------------------
 # main entry point
 # ---------------------------------------------------------------------------
+def simulation_memory_bytes(n_frames: int, height: int, width: int) -> int:
+    """Estimated peak memory (bytes) of :func:`simulate`: the float32 frames, a
+    float32 working copy while they are written, and per-pixel float64 maps."""
+    return int(n_frames) * int(height) * int(width) * 8 + int(height) * int(width) * 64
+
+
 def simulate(
     n_frames: int = 200,
     height: int = 128,
@@ -560,7 +566,8 @@ def simulate(
     Raises
     ------
     CycleULMError
-        For non-positive sizes, unordered ranges or out-of-range parameters.
+        For non-positive sizes, unordered ranges, out-of-range parameters, or
+        frames that cannot fit in memory (:func:`simulation_memory_bytes`).
     """
     n_frames = _check_int("n_frames", n_frames, 1)
     height = _check_int("height", height, 16)
@@ -588,6 +595,11 @@ def simulate(
             f"density {density} is too high for a {height}x{width} image; use at most "
             f"{20.0 * height * width / 100.0:g} bubbles per frame."
         )
+    from ._resources import check_memory
+
+    check_memory(simulation_memory_bytes(n_frames, height, width),
+                 f"{n_frames} simulated frames of {height}x{width} px",
+                 "simulate fewer or smaller frames")
 
     rng = np.random.default_rng(seed)
     mm_s_to_px = 1000.0 / pixel_size_um / frame_rate_hz
