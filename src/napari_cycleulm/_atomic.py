@@ -20,24 +20,30 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     Parameters
     ----------
     path : str or PathLike
-        Final destination.  Its parent folder is created if missing.
+        Final destination.  Its parent folder is created if missing (and
+        removed again if the write fails and it is still empty).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp makes the file private (0600); give it the permissions a plain
-    # open() would (0666 less the umask), as users expect of their exports.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    created = _make_parents(path.parent)
+    tmp_path = None
+    done = False
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        # mkstemp makes the file private (0600); give it the permissions a plain
+        # open() would (0666 less the umask), as users expect of their exports.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_path, 0o666 & ~umask)
         yield tmp_path
         os.replace(tmp_path, path)
+        done = True
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+        if not done:
+            _remove_if_empty(created)  # a failed write leaves no empty folders behind
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
