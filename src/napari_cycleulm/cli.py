@@ -1,37 +1,111 @@
 """The ``cycleulm`` command line.
 
-Every sub-command is a thin wrapper over a library function; errors in the
-input are printed as one clear line (exit status 2), never as a traceback.
+Every sub-command is a thin wrapper over a library function.  Failures are
+one line on stderr, never a traceback (``--debug`` shows it):
+
+* exit status 2: bad input or an impossible request (the line names the file
+  or option and what to do), including files that cannot be read or written;
+* exit status 1: an internal error (a bug), with a hint to rerun with
+  ``--debug``;
+* 130 / 143: interrupted by SIGINT (Ctrl-C) / SIGTERM; temporary files are
+  removed and earlier outputs are left as they were.
+
+Outputs are checked before any work: an output is never an input (nor, for a
+folder, contains one), an existing output is replaced only with
+``--overwrite``, and folders (``run``, ``simulate``, ``demo``) are written
+into a hidden sibling folder that replaces the old one as a unit at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
+import signal
 import sys
 import time
 from pathlib import Path
 
+from ._outputs import check_output_dir, check_output_file
 from .errors import CycleULMError
 
 
 # -- helpers -----------------------------------------------------------------
+def _warn(msg: str) -> None:
+    """One warning line on stderr."""
+    print(f"cycleulm: warning: {' '.join(str(msg).split())}", file=sys.stderr)
+
+
 def _input_metadata(path: Path) -> dict:
-    """Pixel size and frame rate from a ``metadata.json`` beside the input, if any."""
+    """Pixel size and frame rate from a ``metadata.json`` beside the input, if any.
+
+    A metadata file that cannot be used is reported in one warning line (its
+    units are then unknown), never ignored silently.
+    """
     meta = path.parent / "metadata.json"
-    if meta.is_file():
-        try:
-            return json.loads(meta.read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
-    return {}
+    if not meta.is_file():
+        return {}
+    try:
+        data = json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        _warn(f"{meta} is not readable JSON ({exc}); ignoring it: give --pixel-size-um and "
+              "--frame-rate-hz for physical units.")
+        return {}
+    if not isinstance(data, dict):
+        _warn(f"{meta} is not a JSON object; ignoring it: give --pixel-size-um and --frame-rate-hz.")
+        return {}
+    good = {}
+    for key, option in (("pixel_size_um", "--pixel-size-um"), ("frame_rate_hz", "--frame-rate-hz")):
+        v = data.get(key)
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            _warn(f"{meta}: {key} is {v!r}, not a positive number; ignoring it (give {option}).")
+            continue
+        good[key] = float(v)
+    return good
+
+
+def _positive_option(value, option: str) -> None:
+    if value is not None and (not math.isfinite(value) or value <= 0):
+        raise CycleULMError(f"{option} must be a positive number, got {value}.")
 
 
 def _resolve_units(args, path: Path) -> tuple[float | None, float | None]:
-    meta = _input_metadata(path)
+    _positive_option(args.pixel_size_um, "--pixel-size-um")
+    _positive_option(args.frame_rate_hz, "--frame-rate-hz")
+    meta = {} if (args.pixel_size_um is not None and args.frame_rate_hz is not None) else _input_metadata(path)
     px = args.pixel_size_um if args.pixel_size_um is not None else meta.get("pixel_size_um")
     fr = args.frame_rate_hz if args.frame_rate_hz is not None else meta.get("frame_rate_hz")
     return px, fr
+
+
+def _read_input(args, path: Path, lazy: bool = False):
+    """The input stack, with ``--variable`` for MAT / HDF5 files."""
+    from .io import read_stack
+
+    return read_stack(path, variable=getattr(args, "variable", None), lazy=lazy)
+
+
+def _check_device(args) -> None:
+    """An unknown --device is refused before any work."""
+    if getattr(args, "device", None) is not None:
+        from .device import resolve_device
+
+        try:
+            resolve_device(args.device)
+        except CycleULMError as exc:
+            raise CycleULMError(f"--device: {exc}") from None
+
+
+def _load_psf_json(value: str, frame_shape=None):
+    """A PSF JSON given with --psf, checked against the frames."""
+    from .psf import PSF, check_psf_extent
+
+    psf = PSF.from_json(value)
+    check_psf_extent(psf, frame_shape, what=f"the PSF in {value!r}")
+    return psf
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
@@ -53,6 +127,10 @@ def _fmt(v) -> str:
 def cmd_simulate(args) -> int:
     from .simulate import PRESETS, save_simulation, simulate
 
+    from ._atomic import staged_dir
+
+    out = check_output_dir(args.out, overwrite=args.overwrite, marker="metadata.json",
+                           kind="`cycleulm simulate`")
     kw = dict(PRESETS[args.preset]) if args.preset else {}
     for key, val in (("n_frames", args.frames), ("height", args.height), ("width", args.width)):
         if val is not None:
@@ -62,7 +140,8 @@ def cmd_simulate(args) -> int:
     t0 = time.perf_counter()
     sim = simulate(seed=args.seed, **kw)
     elapsed = time.perf_counter() - t0
-    paths = save_simulation(sim, args.out)
+    with staged_dir(out) as stage:
+        paths = {k: out / Path(p).name for k, p in save_simulation(sim, stage).items()}
     print(
         f"simulated {sim.frames.shape[0]} frames of {sim.frames.shape[1]}x{sim.frames.shape[2]} px "
         f"({len(sim.ground_truth)} ground-truth bubbles) in {elapsed:.2f} s"
@@ -73,13 +152,16 @@ def cmd_simulate(args) -> int:
 
 
 def cmd_psf(args) -> int:
-    from .io import read_stack
     from .psf import estimate_psf, estimate_psf_auto
     from .tables import Localisations
 
     path = Path(args.input)
-    frames = read_stack(path)
+    check_output_file(args.out, inputs=[path, args.points], overwrite=args.overwrite,
+                      suffixes=(".json",))
+    if args.n < 1:
+        raise CycleULMError(f"--n must be >= 1, got {args.n}.")
     px, _ = _resolve_units(args, path)
+    frames = _read_input(args, path)
     if args.points:
         pts = Localisations.from_csv(args.points)
         est = estimate_psf(frames, pts, pixel_size_um=px)
@@ -104,6 +186,19 @@ def cmd_evaluate(args) -> int:
     from .metrics import match_localisations
     from .tables import Localisations
 
+    out = args.out or str(Path(args.detections).with_suffix(".evaluation.json"))
+    inputs = [args.ground_truth, args.detections]
+    check_output_file(out, inputs=inputs, overwrite=args.overwrite, suffixes=(".json",))
+    if args.plot:
+        check_output_file(args.plot, inputs=inputs, overwrite=args.overwrite, option="--plot",
+                          suffixes=(".png",))
+        from ._outputs import same_file
+
+        if same_file(args.plot, out):
+            raise CycleULMError("--plot and --out name the same file; give two different names.")
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise CycleULMError(f"--tolerance must be a positive number of pixels, got {args.tolerance}.")
+    _positive_option(args.pixel_size_um, "--pixel-size-um")
     gt = Localisations.from_csv(args.ground_truth)
     det = Localisations.from_csv(args.detections)
     res = match_localisations(gt, det, tolerance=args.tolerance)
@@ -127,7 +222,6 @@ def cmd_evaluate(args) -> int:
         if args.plot:
             _save_pr_plot(args.plot, {name: sweep}, {name: (res.recall, res.precision)})
             print(f"precision-recall plot written to {args.plot}")
-    out = args.out or str(Path(args.detections).with_suffix(".evaluation.json"))
     write_text_atomic(out, json.dumps(d, indent=2))
     print(f"written to {out}")
     return 0
@@ -166,6 +260,7 @@ def cmd_export(args) -> int:
         upsampling=args.upsampling,
         mip=args.mip,
         physical=args.physical_units,
+        overwrite=args.overwrite,
     )
     for f in report.files:
         extra = []
@@ -185,19 +280,28 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .io import read_stack
     from .pipeline import iter_pipeline
     from .progress import drive_with_bar
+    from .render import check_sr_memory
 
     path = Path(args.input)
-    stack = read_stack(path, lazy=True)
+    check_output_dir(args.out, inputs=[path, args.psf, args.mbdt, args.mblnet, args.mbtnet],
+                     overwrite=args.overwrite)
+    _check_device(args)
+    if args.upsampling < 1:
+        raise CycleULMError(f"--upsampling must be an integer >= 1, got {args.upsampling}.")
+    if args.block_size < 1:
+        raise CycleULMError(f"--block-size must be >= 1, got {args.block_size}.")
+    if args.target_count is not None and args.target_count < 1:
+        raise CycleULMError(f"--target-count must be >= 1, got {args.target_count}.")
+    if args.max_distance is not None and not (math.isfinite(args.max_distance) and args.max_distance > 0):
+        raise CycleULMError(f"--max-distance must be a positive number of pixels, got {args.max_distance}.")
+    if args.threshold is not None and not math.isfinite(args.threshold):
+        raise CycleULMError(f"--threshold must be a finite number, got {args.threshold}.")
     px, fr = _resolve_units(args, path)
-    if args.psf == "auto":
-        psf = "auto"
-    else:
-        from .psf import PSF
-
-        psf = PSF.from_json(args.psf)
+    stack = _read_input(args, path, lazy=True)
+    check_sr_memory(stack.shape, args.upsampling)
+    psf = "auto" if args.psf == "auto" else _load_psf_json(args.psf, stack.shape)
     track_params = {}
     if args.max_distance is not None:
         track_params["max_distance"] = args.max_distance
@@ -255,17 +359,16 @@ def _iter_translate_to_tiff(stack, model, out: Path, block_size: int, device):
 
 
 def cmd_translate(args) -> int:
-    from .io import read_stack
     from .progress import drive_with_bar
 
-    out = Path(args.out)
-    if out.suffix.lower() not in (".tif", ".tiff"):
-        raise CycleULMError(f"--out must be a .tif or .tiff file, got {str(out)!r}.")
+    out = check_output_file(args.out, inputs=[args.input, args.mbdt], overwrite=args.overwrite,
+                            suffixes=(".tif", ".tiff"))
     if args.block_size < 1:
         raise CycleULMError(f"--block-size must be >= 1, got {args.block_size}.")
+    _check_device(args)
     from .models import load_model
 
-    stack = read_stack(Path(args.input), lazy=True)
+    stack = _read_input(args, Path(args.input), lazy=True)
     t0 = time.perf_counter()
     ckpt = load_model("mbdt", args.mbdt, args.device)  # errors before the progress bar
     ckpt = drive_with_bar(
@@ -282,13 +385,13 @@ def cmd_translate(args) -> int:
 
 def _psf_arg(value: str, frames=None, pixel_size_um=None):
     """A PSF from 'auto' (estimated on the first frames) or a PSF JSON file."""
-    from .psf import PSF, estimate_psf_auto
+    from .psf import estimate_psf_auto
 
     if value == "auto":
         if frames is None:
             raise CycleULMError("--psf auto needs an input stack; pass a PSF JSON from `cycleulm psf`.")
         return estimate_psf_auto(frames[: min(len(frames), 100)], pixel_size_um=pixel_size_um).psf
-    return PSF.from_json(value)
+    return _load_psf_json(value, None if frames is None else frames.shape)
 
 
 def _report_training(kind: str, result, desc: str) -> None:
@@ -305,18 +408,18 @@ def cmd_train(args) -> int:
         from . import train
     except ImportError as exc:  # pragma: no cover - train.py ships with the package
         raise CycleULMError(f"training is not available in this installation ({exc}).") from exc
-    out = Path(args.out)
+    out = check_output_file(args.out, inputs=[args.input, args.psf, args.roi, args.init],
+                            overwrite=args.overwrite)
+    _check_device(args)
     if args.steps is not None and args.steps < 1:
         raise CycleULMError(f"--steps must be >= 1, got {args.steps}.")
     steps = {} if args.steps is None else {"steps": args.steps}
     if args.network == "mbdt":
-        from .io import read_stack
-
         if args.input is None:
             raise CycleULMError("`cycleulm train mbdt` needs the CEUS stack to train on (INPUT).")
         path = Path(args.input)
-        frames = read_stack(path)
         px, _ = _resolve_units(args, path)
+        frames = _read_input(args, path)
         psf = _psf_arg(args.psf or "auto", frames, px)
         roi = None
         if args.roi:
@@ -344,8 +447,8 @@ def cmd_train(args) -> int:
             raise CycleULMError("--psf auto needs a CEUS stack; give a PSF JSON from `cycleulm psf`.")
         psf = None if args.psf is None else _psf_arg(args.psf).mbonly()
         rng = None if args.sigma_range is None else tuple(args.sigma_range)
-        if rng is not None and not (0 < rng[0] <= rng[1]):
-            raise CycleULMError(f"--sigma-range needs 0 < LO <= HI, got {rng[0]} {rng[1]}.")
+        if rng is not None and not (0 < rng[0] <= rng[1] <= 100):
+            raise CycleULMError(f"--sigma-range needs 0 < LO <= HI <= 100 (pixels), got {rng[0]} {rng[1]}.")
         fn = train.iter_train_mblnet if args.network == "mblnet" else train.iter_train_mbtnet
         init = None if args.init is None or args.init.lower() == "none" else args.init
         gen = fn(psf, sigma_range_px=rng, init=init, out=out, device=args.device, **steps)
@@ -363,76 +466,112 @@ def cmd_demo(args) -> int:
     from .progress import drive_with_bar
     from .psf import estimate_psf_auto
     from .simulate import PRESETS, save_simulation, simulate
+    from ._atomic import staged_dir
+    from .models import load_model
     from .train import iter_train_mbdt
 
-    out = Path(args.out)
-    t0 = time.perf_counter()
-    sim = simulate(seed=args.seed, **PRESETS["sample"])
-    t_sim = time.perf_counter() - t0
-    save_simulation(sim, out / "sample")
-    meta = sim.metadata
-    px, fr = meta["pixel_size_um"], meta["frame_rate_hz"]
-    print(
-        f"1. simulated the sample: {sim.frames.shape[0]} frames of {sim.frames.shape[1]}x{sim.frames.shape[2]} px, "
-        f"{len(sim.ground_truth)} ground-truth bubble positions, {t_sim:.2f} s -> {out / 'sample'}"
-    )
-    t0 = time.perf_counter()
-    est = estimate_psf_auto(sim.frames, pixel_size_um=px)
-    psf = est.psf
-    psf.to_json(out / "psf.json")
-    true_y, true_x = meta["psf_fwhm_y_px"], meta["psf_fwhm_x_px"]
-    print(
-        f"2. PSF estimated automatically from {est.n_used} isolated bubbles in {time.perf_counter() - t0:.2f} s:\n"
-        f"   FWHM y = {psf.fwhm_y_px:.2f} px (true {true_y:.2f}, error {100 * (psf.fwhm_y_px / true_y - 1):+.1f}%), "
-        f"x = {psf.fwhm_x_px:.2f} px (true {true_x:.2f}, error {100 * (psf.fwhm_x_px / true_x - 1):+.1f}%)"
-    )
-    mbdt = "default"
-    if args.finetune_steps and any(PIPELINES[n].denoise == "mbdt" for n in args.pipelines):
+    final = check_output_dir(args.out, overwrite=args.overwrite, marker="psf.json",
+                             kind="`cycleulm demo`")
+    if args.finetune_steps < 0:
+        raise CycleULMError(f"--finetune-steps must be >= 0, got {args.finetune_steps}.")
+    if not (math.isfinite(args.tolerance) and args.tolerance > 0):
+        raise CycleULMError(f"--tolerance must be a positive number of pixels, got {args.tolerance}.")
+    # Everything is made in a hidden sibling folder that replaces ``final`` at the end.
+    with staged_dir(final) as out:
         t0 = time.perf_counter()
-        ft = drive_with_bar(
-            iter_train_mbdt(sim.frames, psf, steps=args.finetune_steps, out=out / "mbdt_finetuned.pt",
-                            preview_every=None),
-            desc="fine-tune MB-DT", disable=args.quiet,
+        sim = simulate(seed=args.seed, **PRESETS["sample"])
+        t_sim = time.perf_counter() - t0
+        save_simulation(sim, out / "sample")
+        meta = sim.metadata
+        px, fr = meta["pixel_size_um"], meta["frame_rate_hz"]
+        print(
+            f"1. simulated the sample: {sim.frames.shape[0]} frames of {sim.frames.shape[1]}x{sim.frames.shape[2]} px, "
+            f"{len(sim.ground_truth)} ground-truth bubble positions, {t_sim:.2f} s -> {final / 'sample'}"
         )
-        mbdt = out / "mbdt_finetuned.pt"
-        print(f"3. MB-DT fine-tuned on the sample (no labels) for {ft.steps_done} steps in "
-              f"{time.perf_counter() - t0:.0f} s -> {mbdt}")
-    rows = []
-    for name in args.pipelines:
         t0 = time.perf_counter()
-        res = drive_with_bar(
-            iter_pipeline(
-                sim.frames, name, psf, pixel_size_um=px, frame_rate_hz=fr,
-                out_dir=out / name, keep_tables=True, mbdt=mbdt,
-            ),
-            desc=name,
-            disable=args.quiet,
+        est = estimate_psf_auto(sim.frames, pixel_size_um=px)
+        psf = est.psf
+        psf.to_json(out / "psf.json")
+        true_y, true_x = meta["psf_fwhm_y_px"], meta["psf_fwhm_x_px"]
+        print(
+            f"2. PSF estimated automatically from {est.n_used} isolated bubbles in {time.perf_counter() - t0:.2f} s:\n"
+            f"   FWHM y = {psf.fwhm_y_px:.2f} px (true {true_y:.2f}, error {100 * (psf.fwhm_y_px / true_y - 1):+.1f}%), "
+            f"x = {psf.fwhm_x_px:.2f} px (true {true_x:.2f}, error {100 * (psf.fwhm_x_px / true_x - 1):+.1f}%)"
         )
-        elapsed = time.perf_counter() - t0
-        row = {"pipeline": name, "localisations": res.n_localisations, "tracks": res.n_tracks,
-               "recall": None, "precision": None, "F1": None, "error_um": None}
-        if PIPELINES[name].localise != "e2e":  # E2E makes SR maps only
-            m = match_localisations(sim.ground_truth, res.localisations, tolerance=args.tolerance)
-            row.update(recall=m.recall, precision=m.precision, F1=m.f1, error_um=m.mean_error_px * px)
-        rows.append({**row, "seconds": elapsed})
-    tuned = mbdt != "default"
-    print(f"{4 if tuned else 3}. pipelines scored against the ground truth (tolerance {args.tolerance} px = "
-          f"{args.tolerance * px:.0f} um; MB-DT: {'fine-tuned' if tuned else 'shipped default'}):")
-    _print_table(rows, list(rows[0]))
-    print(f"outputs in {out}/ (SR maps as TIFF, preview.png, CSV tables, run.json)")
+        mbdt = "default"
+        if args.finetune_steps and any(PIPELINES[n].denoise == "mbdt" for n in args.pipelines):
+            t0 = time.perf_counter()
+            ft = drive_with_bar(
+                iter_train_mbdt(sim.frames, psf, steps=args.finetune_steps, out=out / "mbdt_finetuned.pt",
+                                preview_every=None),
+                desc="fine-tune MB-DT", disable=args.quiet,
+            )
+            # Loaded from the staging folder, recorded (run.json) under its final name.
+            mbdt = load_model("mbdt", out / "mbdt_finetuned.pt")
+            mbdt.path = final / "mbdt_finetuned.pt"
+            print(f"3. MB-DT fine-tuned on the sample (no labels) for {ft.steps_done} steps in "
+                  f"{time.perf_counter() - t0:.0f} s -> {mbdt.path}")
+        rows = []
+        for name in args.pipelines:
+            t0 = time.perf_counter()
+            res = drive_with_bar(
+                iter_pipeline(
+                    sim.frames, name, psf, pixel_size_um=px, frame_rate_hz=fr,
+                    out_dir=out / name, keep_tables=True, mbdt=mbdt,
+                ),
+                desc=name,
+                disable=args.quiet,
+            )
+            elapsed = time.perf_counter() - t0
+            row = {"pipeline": name, "localisations": res.n_localisations, "tracks": res.n_tracks,
+                   "recall": None, "precision": None, "F1": None, "error_um": None}
+            if PIPELINES[name].localise != "e2e":  # E2E makes SR maps only
+                m = match_localisations(sim.ground_truth, res.localisations, tolerance=args.tolerance)
+                row.update(recall=m.recall, precision=m.precision, F1=m.f1, error_um=m.mean_error_px * px)
+            rows.append({**row, "seconds": elapsed})
+        tuned = mbdt != "default"
+        print(f"{4 if tuned else 3}. pipelines scored against the ground truth (tolerance {args.tolerance} px = "
+              f"{args.tolerance * px:.0f} um; MB-DT: {'fine-tuned' if tuned else 'shipped default'}):")
+        _print_table(rows, list(rows[0]))
+    print(f"outputs in {final}/ (SR maps as TIFF, preview.png, CSV tables, run.json)")
     return 0
 
 
 # -- parser ------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors as one line (exit status 2), like every other error."""
+
+    def error(self, message: str):  # noqa: D401 - argparse API
+        msg = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {msg} (see `{self.prog} --help`)\n")
+
+
+def _common(sp, writes: str) -> None:
+    """--overwrite and --debug, accepted after the sub-command too."""
+    sp.add_argument("--overwrite", action="store_true",
+                    help=f"replace an existing {writes} (default: refuse)")
+    sp.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                    help="print the traceback of an error")
+
+
+def _variable(sp) -> None:
+    sp.add_argument("--variable", default=None, metavar="NAME",
+                    help="MAT variable / HDF5 dataset to read (default: the largest 3-D one)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline import PIPELINES
 
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="cycleulm",
-        description="Ultrasound localisation microscopy with CycleULM (headless).",
+        description="Ultrasound localisation microscopy with CycleULM (headless). Exit status: "
+                    "0 done, 2 bad input (one line says what to change), 1 internal error "
+                    "(rerun with --debug for the traceback), 130/143 interrupted.",
     )
     p.add_argument("--version", action="version", version=f"napari-cycleulm {__version__}")
+    p.add_argument("--debug", action="store_true", default=False,
+                   help="print the traceback of an error instead of one line")
     sub = p.add_subparsers(dest="command", required=True)
 
     def units(sp):
@@ -451,6 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="first fine-tune MB-DT on the sample for N steps (unsupervised; e.g. 2000, ~7 min "
                          "on 2 CPU cores); default 0: the shipped MB-DT")
     sp.add_argument("--quiet", action="store_true", help="no progress bars")
+    _common(sp, "demo folder (replaced as a whole)")
     sp.set_defaults(func=cmd_demo)
 
     sp = sub.add_parser("simulate", help="simulate a CEUS sequence with ground truth")
@@ -461,6 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--width", type=int, default=None)
     sp.add_argument("--density", type=float, default=None, help="mean bubbles per frame")
     sp.add_argument("--seed", type=int, default=0)
+    _common(sp, "simulation folder (replaced as a whole)")
     sp.set_defaults(func=cmd_simulate)
 
     sp = sub.add_parser("psf", help="estimate the PSF from clicked or automatically picked bubbles")
@@ -468,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--points", default=None, help="CSV of bubble positions (frame,y,x); automatic when omitted")
     sp.add_argument("--out", required=True, help="PSF JSON to write")
     sp.add_argument("--n", type=int, default=20, help="bubbles to pick in automatic mode")
+    _variable(sp)
     units(sp)
+    _common(sp, "PSF JSON")
     sp.set_defaults(func=cmd_psf)
 
     sp = sub.add_parser("evaluate", help="score detections against ground truth")
@@ -481,6 +624,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="also sweep a threshold over the detections' score column (precision-recall)")
     sp.add_argument("--plot", default=None, metavar="PR.png",
                     help="write the precision-recall curve as a PNG (implies --sweep)")
+    _common(sp, "JSON / PNG")
     sp.set_defaults(func=cmd_evaluate)
 
     sp = sub.add_parser(
@@ -513,6 +657,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="CEUS pixel size in micrometres (default: run.json / metadata.json / the TIFF)")
     sp.add_argument("--frame-rate-hz", type=float, default=None,
                     help="frame rate in Hz for --physical-units (default: run.json / metadata.json)")
+    _common(sp, "export in --out (files of the old export are removed)")
     sp.set_defaults(func=cmd_export)
 
     sp = sub.add_parser("run", help="run a ULM pipeline on a CEUS stack")
@@ -530,7 +675,9 @@ def build_parser() -> argparse.ArgumentParser:
     for kind, name in (("mbdt", "MB-DT"), ("mblnet", "MBL-Net"), ("mbtnet", "MBT-Net")):
         sp.add_argument(f"--{kind}", default="default", metavar="MODEL.pt",
                         help=f"{name} checkpoint for the cycleulm-* pipelines, or 'default' (shipped weights)")
+    _variable(sp)
     units(sp)
+    _common(sp, "run folder (replaced as a whole when the run completes)")
     sp.set_defaults(func=cmd_run)
 
     sp = sub.add_parser("translate", help="translate CEUS frames to the MB-only domain with MB-DT")
@@ -541,6 +688,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--block-size", type=int, default=64, help="frames per block (memory scales with it)")
     sp.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     sp.add_argument("--quiet", action="store_true")
+    _variable(sp)
+    _common(sp, "output TIFF")
     sp.set_defaults(func=cmd_translate)
 
     sp = sub.add_parser(
@@ -563,24 +712,114 @@ def build_parser() -> argparse.ArgumentParser:
                          "(mbdt default: 'default'; others: 'none')")
     sp.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     sp.add_argument("--quiet", action="store_true")
+    _variable(sp)
     units(sp)
+    _common(sp, "checkpoint (it is replaced at the first periodic checkpoint)")
     sp.set_defaults(func=cmd_train)
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` removes its temporary files."""
+
+
+def _on_signal(signum, frame):
+    # Further signals during the clean-up would leave it half done: ignore them.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _install_signal_handlers() -> dict:
+    """SIGINT and SIGTERM raise in the main thread (also when SIGINT was inherited as ignored)."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        old[sig] = signal.getsignal(sig)
+        signal.signal(sig, _on_signal)
+    return old
+
+
+def _one_line_warnings(command: str):
+    import warnings
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        print(f"cycleulm {command}: warning: {' '.join(str(message).split())}", file=sys.stderr)
+
+    warnings.showwarning = show
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status (see the module docstring)."""
+    import logging
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    cmd = f"cycleulm {args.command}"
+    old_handlers = _install_signal_handlers()
+    old_showwarning = warnings.showwarning
+    _one_line_warnings(args.command)
+    # The readers report damaged files themselves, in one line.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)
     try:
         return int(args.func(args) or 0)
     except CycleULMError as exc:
         # One line, even when the message quotes a multi-line library error.
-        msg = " ".join(str(exc).split())
-        print(f"cycleulm {args.command}: error: {msg}", file=sys.stderr)
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{cmd}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"{cmd}: terminated (SIGTERM); temporary files were removed and earlier outputs "
+              "left as they were.", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print(f"cycleulm {args.command}: interrupted; files already complete were kept.", file=sys.stderr)
+        print(f"{cmd}: interrupted; temporary files were removed and earlier outputs left as "
+              "they were (training keeps its last complete checkpoint).", file=sys.stderr)
         return 130
+    except OSError as exc:
+        # Disk full, permission denied, a file removed meanwhile: the environment, not a bug.
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        where = f" {exc.filename!r}" if getattr(exc, "filename", None) else ""
+        print(f"{cmd}: error: cannot read or write{where}: {exc.strerror or _one_line(exc)}; "
+              "check the path, its permissions and the free disk space.", file=sys.stderr)
+        return 2
+    except MemoryError:
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{cmd}: error: out of memory; use smaller inputs, a smaller --block-size or "
+              "--upsampling (rerun with --debug for the traceback).", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+            print(f"{cmd}: internal error: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        else:
+            print(f"{cmd}: internal error: {type(exc).__name__}: {_one_line(exc)[:300]} "
+                  f"(rerun with --debug for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        warnings.showwarning = old_showwarning
+        for sig, handler in old_handlers.items():
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover
