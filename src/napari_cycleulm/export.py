@@ -379,12 +379,15 @@ def _scale_bar_length_px(scale_bar_mm, pixel_size_um, width) -> tuple[float | No
         )
     if scale_bar_mm == "auto":
         return nice_scale_bar_mm(width, pixel_size_um), float(pixel_size_um)
+    from .render import SCALE_BAR_MAX_FRACTION
+
     bar = _positive_or_none("scale_bar_mm", scale_bar_mm)
     width_mm = width * float(pixel_size_um) / 1000.0
-    if bar > width_mm:
+    if bar > SCALE_BAR_MAX_FRACTION * width_mm:
         raise CycleULMError(
             f"a scale bar of {bar:g} mm is longer than the image ({width} px x {float(pixel_size_um):.4g} um "
-            f"= {width_mm:.3g} mm wide); choose a shorter --scale-bar-mm (0: no bar)."
+            f"= {width_mm:.3g} mm wide, bars up to {SCALE_BAR_MAX_FRACTION * width_mm:.3g} mm fit); "
+            "choose a shorter --scale-bar-mm (0: no bar)."
         )
     return bar, float(pixel_size_um)
 

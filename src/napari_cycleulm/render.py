@@ -572,6 +572,10 @@ def to_png(
     write_normalised_png(shown, path, colormap, scale_bar_mm, pixel_size_um)
 
 
+#: Longest scale bar, as a fraction of the image width (the rest is its margins).
+SCALE_BAR_MAX_FRACTION = 0.9
+
+
 def write_normalised_png(shown, path: str | os.PathLike, colormap, scale_bar_mm: float | None = None,
                          pixel_size_um: float | None = None) -> None:
     """Draw an image already mapped to [0, 1] as a PNG, one PNG pixel per image pixel.
@@ -588,7 +592,8 @@ def write_normalised_png(shown, path: str | os.PathLike, colormap, scale_bar_mm:
         Destination ``.png``; written atomically.
     colormap : matplotlib.colors.Colormap
     scale_bar_mm : float, optional
-        Length of a white scale bar in mm, drawn bottom right (needs ``pixel_size_um``).
+        Length of a white scale bar in mm, drawn bottom right (needs ``pixel_size_um``);
+        left out when it would not fit in the image.
     pixel_size_um : float, optional
         Size of one image pixel, micrometres.
     """
@@ -605,8 +610,10 @@ def write_normalised_png(shown, path: str | os.PathLike, colormap, scale_bar_mm:
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(shown, cmap=colormap, vmin=0, vmax=1, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
-    if scale_bar_mm is not None:
-        length = scale_bar_mm * 1000.0 / pixel_size_um
+    length = None if scale_bar_mm is None else scale_bar_mm * 1000.0 / pixel_size_um
+    if length is not None and not (0 < length <= SCALE_BAR_MAX_FRACTION * w):
+        length = None  # a bar that does not fit the image is left out (export refuses it earlier)
+    if length is not None:
         thick = max(1.0, 0.015 * h)
         margin = 0.04 * w
         x0 = w - margin - length - 0.5

@@ -455,3 +455,13 @@ def test_interrupted_export_leaves_the_previous_export(work, sig):
     rc, lines = _interrupt(proc, sig, log)
     assert rc == (130 if sig == signal.SIGINT else 143), lines
     assert tree(out) == before and not parts(work)
+
+
+def test_absurd_pixel_sizes_do_not_crash_the_preview(work, capsys):
+    # A 1 mm preview scale bar on a 1e-6 um pixel would be 1e9 px long: left out.
+    for px in ("1e-6", "1e9"):
+        rc, lines = cli(["run", work / "frames.npy", "--pipeline", "baseline1", "--out", work / f"o{px}",
+                         "--psf", work / "psf.json", "--pixel-size-um", px, "--frame-rate-hz", "500",
+                         "--quiet"], capsys)
+        assert rc == 0, lines
+        assert (work / f"o{px}" / "preview.png").is_file()
