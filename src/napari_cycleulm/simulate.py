@@ -55,7 +55,15 @@ Point spread function
     magnitude of the summed field.  Rendering scatter-adds a +-4 sigma window
     around each MB with ``np.bincount``, a block of frames at a time.
     ``metadata["psf_fwhm_*_px"]`` is the FWHM of one noiseless MB at mid depth,
-    measured numerically on a fine grid.
+    measured numerically on a fine grid.  That is ``psf_shape="gauss-sinc"``
+    (the default).  Two other forward models exist so that methods can be
+    tested on data whose PSF their training never saw: ``"gauss"``, a pure
+    2-D Gaussian envelope (no axial modulation, no side lobes, lateral
+    ``L(dx) = exp(-dx**2 / (2 a**2))``), and ``"sinc"``, the default's axial
+    pulse with a nearly unapodised aperture ``L(dx) = sinc(dx / a) *
+    exp(-dx**2 / (2 (3 a)**2))`` whose first side lobes are at about -14 dB
+    (rendered over +-5 a).  In every case ``a`` is chosen so that the lateral
+    FWHM is the requested one.
 Amplitudes
     Log-normal per MB (``amplitude_spread`` = sigma of log amplitude, mean 1)
     times a small log-normal frame-to-frame jitter (``amplitude_jitter``).
@@ -69,6 +77,17 @@ Clutter and noise
     drift (2 Hz axially, 1 Hz laterally at half amplitude) applied to the
     clutter only (ground-truth MB positions are not moved).  Complex white
     noise at ``noise_db`` relative to the mean MB amplitude is added last.
+    That is ``clutter_model="ar1"`` (the default).  ``clutter_model="lowrank"``
+    is a second clutter model, slowly evolving residual tissue signal:
+    ``clutter_rank`` fixed speckle patterns (the same PSF-filtered complex
+    noise, the same organ weighting, the same motion) whose complex weights
+    are each a sum of 4 complex sinusoids with random amplitudes, phases and
+    frequencies below ``1 / clutter_timescale_frames`` cycles per frame, so
+    they drift smoothly over hundreds of frames.  The weights are normalised
+    over the sequence so that the clutter RMS inside the organ is
+    ``clutter_db`` as for ``"ar1"``; ``clutter_correlation`` is not used.
+    Without tissue motion this clutter is low-rank in time: an SVD of the
+    envelope stack puts nearly all of it in its first few components.
 Output scaling
     Frames are divided by their 99.9th percentile; ground-truth amplitudes are
     in the same normalised units (about the peak brightness of each MB).
@@ -476,9 +495,39 @@ def _fwhm_1d(profile: np.ndarray, step: float) -> float:
     return float((cross(right, right - 1) - cross(left, left + 1)) * step)
 
 
+#: Gaussian taper of the ``"sinc"`` PSF shape, in units of ``a`` (first side lobe ~ -14 dB).
+_SINC_TAPER = 3.0
+
+
+def _lateral_gauss(dx: np.ndarray, a: np.ndarray) -> np.ndarray:
+    return np.exp(-0.5 * (dx / a) ** 2)
+
+
+def _lateral_sinc(dx: np.ndarray, a: np.ndarray) -> np.ndarray:
+    u = dx / a
+    return np.sinc(u) * np.exp(-0.5 * (u / _SINC_TAPER) ** 2)
+
+
+#: PSF shapes of :func:`simulate`: lateral profile ``L(dx, a)``, half-width of
+#: the rendering window in units of ``a``, and whether the axial pulse is
+#: modulated (``exp(2i pi dy / lambda_ax)``).
+_PSF_SHAPES = {
+    "gauss-sinc": (_lateral, 3.2 * _TAPER, True),
+    "gauss": (_lateral_gauss, 4.0, False),
+    "sinc": (_lateral_sinc, 5.0, True),
+}
+PSF_SHAPES = tuple(_PSF_SHAPES)
+#: Clutter models of :func:`simulate` (see the module docstring).
+CLUTTER_MODELS = ("ar1", "lowrank")
+#: Complex sinusoids summed in each weight of the ``"lowrank"`` clutter.
+_LOWRANK_TERMS = 4
+
 #: FWHM of the lateral profile in units of its sinc scale ``a``.
 _U = np.arange(-3.0, 3.0, 1e-4)
 _LATERAL_FWHM_PER_A = _fwhm_1d(_lateral(_U, np.ones_like(_U)), 1e-4)
+_FWHM_PER_A = {name: (_LATERAL_FWHM_PER_A if name == "gauss-sinc"
+                      else _fwhm_1d(f(_U, np.ones_like(_U)), 1e-4))
+               for name, (f, _, _) in _PSF_SHAPES.items()}
 
 
 # ---------------------------------------------------------------------------
@@ -510,6 +559,10 @@ def simulate(
     amplitude_spread: float = 0.5,
     amplitude_jitter: float = 0.1,
     mean_lifetime_frames: float = 40.0,
+    psf_shape: str = "gauss-sinc",
+    clutter_model: str = "ar1",
+    clutter_rank: int = 3,
+    clutter_timescale_frames: float = 200.0,
     progress: Callable[[int, int], None] | None = None,
 ) -> Simulation:
     """Simulate a clutter-filtered CEUS sequence with MB ground truth.
@@ -545,7 +598,7 @@ def simulate(
         amplitude tail) near the speckle level, as in clutter-filtered
         in vivo data; -6 dB is a hard setting, -20 dB an easy one.
     clutter_correlation : float
-        Frame-to-frame correlation of the clutter, in ``[0, 1)``.
+        Frame-to-frame correlation of the ``"ar1"`` clutter, in ``[0, 1)``.
     noise_db : float
         RMS of complex white noise relative to the mean MB amplitude, dB.
     tissue_motion_px : float
@@ -556,6 +609,21 @@ def simulate(
         Standard deviation of the log MB amplitude between frames.
     mean_lifetime_frames : float
         Mean time an MB stays in the imaging plane before leaving it, frames.
+    psf_shape : {"gauss-sinc", "gauss", "sinc"}
+        Forward model of one MB (module docstring): ``"gauss-sinc"`` (default)
+        a modulated Gaussian pulse axially and a tapered sinc laterally (side
+        lobes near -20 dB); ``"gauss"`` a plain 2-D Gaussian envelope;
+        ``"sinc"`` stronger lateral side lobes (near -14 dB).  The FWHMs are
+        ``psf_fwhm_um`` whatever the shape.
+    clutter_model : {"ar1", "lowrank"}
+        ``"ar1"`` (default): speckle that decorrelates frame to frame with
+        ``clutter_correlation``.  ``"lowrank"``: ``clutter_rank`` fixed speckle
+        patterns whose weights drift smoothly over about
+        ``clutter_timescale_frames`` (slowly evolving residual clutter).
+    clutter_rank : int
+        Number of speckle patterns of the ``"lowrank"`` clutter.
+    clutter_timescale_frames : float
+        Shortest period of the ``"lowrank"`` clutter weights, frames.
     progress : callable, optional
         Called as ``progress(done, total)`` while rendering.
 
@@ -588,6 +656,14 @@ def simulate(
     amplitude_spread = _check_float("amplitude_spread", amplitude_spread, nonneg=True)
     amplitude_jitter = _check_float("amplitude_jitter", amplitude_jitter, nonneg=True)
     mean_lifetime_frames = _check_float("mean_lifetime_frames", mean_lifetime_frames, positive=True)
+    if psf_shape not in _PSF_SHAPES:
+        raise CycleULMError(f"psf_shape must be one of {list(PSF_SHAPES)}, got {psf_shape!r}.")
+    if clutter_model not in CLUTTER_MODELS:
+        raise CycleULMError(f"clutter_model must be one of {list(CLUTTER_MODELS)}, got {clutter_model!r}.")
+    clutter_rank = _check_int("clutter_rank", clutter_rank, 1)
+    clutter_timescale_frames = _check_float("clutter_timescale_frames", clutter_timescale_frames,
+                                            positive=True)
+    lateral, window_a, modulated = _PSF_SHAPES[psf_shape]
     if progress is not None and not callable(progress):
         raise CycleULMError("progress must be a callable progress(done, total) or None.")
     if density > 20.0 * height * width / 100.0:
@@ -645,8 +721,14 @@ def simulate(
 
     # -- PSF ----------------------------------------------------------------
     sig_y0 = fwhm_y_um / pixel_size_um / _FWHM_PER_SIGMA
-    a0 = fwhm_x_um / pixel_size_um / _LATERAL_FWHM_PER_A
+    a0 = fwhm_x_um / pixel_size_um / _FWHM_PER_A[psf_shape]
     period = 0.75 * fwhm_y_um / pixel_size_um
+
+    def axial(dy, sy):
+        """Complex axial pulse (without the bubble's phase)."""
+        if modulated:
+            return np.exp(-0.5 * (dy / sy) ** 2 + 2j * np.pi * dy / period)
+        return np.exp(-0.5 * (dy / sy) ** 2).astype(np.complex128)
 
     def widths(y):
         fx = (1.0 + depth_dependence * np.asarray(y) / (height - 1)) / (1.0 + depth_dependence / 2)
@@ -655,19 +737,19 @@ def simulate(
     fine = np.arange(-6 * max(sig_y0, a0 * _TAPER) - 1, 6 * max(sig_y0, a0 * _TAPER) + 1, 0.01)
     sy_mid, a_mid = widths((height - 1) / 2.0)
     fwhm_y_px = _fwhm_1d(np.exp(-0.5 * (fine / sy_mid) ** 2), 0.01)
-    fwhm_x_px = _fwhm_1d(_lateral(fine, a_mid), 0.01)
+    fwhm_x_px = _fwhm_1d(lateral(fine, a_mid), 0.01)
 
     sy_max, a_max = widths(height - 1)
     ry = int(np.ceil(4.0 * sy_max))
-    rx = int(np.ceil(3.2 * _TAPER * a_max))
+    rx = int(np.ceil(window_a * a_max))
     offy = np.arange(-ry, ry + 1)
     offx = np.arange(-rx, rx + 1)
 
     # -- clutter kernel in the Fourier domain ------------------------------------
     ky = np.arange(-ry, ry + 1)
     kx = np.arange(-rx, rx + 1)
-    kern = (np.exp(-0.5 * (ky / sy_mid) ** 2 + 2j * np.pi * ky / period)[:, None]
-            * _lateral(kx.astype(float), np.array(a_mid))[None, :])
+    kern = (axial(ky, sy_mid)[:, None]
+            * lateral(kx.astype(float), np.array(a_mid))[None, :])
     kern /= np.sqrt(np.sum(np.abs(kern) ** 2))
     kpad = np.zeros((height, width), dtype=np.complex128)
     kpad[np.ix_(ky % height, kx % width)] = kern
@@ -693,11 +775,29 @@ def simulate(
         return (rng.standard_normal(shape, dtype=np.float32)
                 + 1j * rng.standard_normal(shape, dtype=np.float32)) * np.float32(np.sqrt(0.5))
 
-    c_hat = white((height, width)) * np.float32(np.sqrt(npix)) if clutter_rms > 0 else None
+    c_hat = lowrank_hat = lowrank_w = None
+    if clutter_rms > 0 and clutter_model == "ar1":
+        c_hat = white((height, width)) * np.float32(np.sqrt(npix))
+    elif clutter_rms > 0:
+        # Fixed speckle patterns (unit RMS each) with smooth complex weights.
+        lowrank_hat = np.stack([white((height, width)) * np.float32(np.sqrt(npix)) * k_hat
+                                for _ in range(clutter_rank)])
+        coef = (rng.standard_normal((clutter_rank, _LOWRANK_TERMS))
+                + 1j * rng.standard_normal((clutter_rank, _LOWRANK_TERMS)))
+        freq = rng.uniform(0.0, 1.0 / clutter_timescale_frames, (clutter_rank, _LOWRANK_TERMS))
+        t_ax = np.arange(n_frames)
+        lowrank_w = np.einsum("kj,tkj->tk", coef,
+                              np.exp(2j * np.pi * freq[None, :, :] * t_ax[:, None, None]))
+        lowrank_w /= np.sqrt(np.mean(np.sum(np.abs(lowrank_w) ** 2, axis=1)))
+        lowrank_w = lowrank_w.astype(np.complex64)
 
     # -- render, a block of frames at a time ---------------------------------
     frames = np.empty((n_frames, height, width), dtype=np.float32)
-    block = max(1, min(n_frames, (1 << 22) // npix))
+    # Frames per block: bounded by the frame memory and by the number of PSF
+    # samples scattered at once (dense bubbles with wide PSFs); blocks end on
+    # frame boundaries, so the output does not depend on the block size.
+    per_frame = max(1.0, len(f_) / n_frames) * offy.size * offx.size
+    block = max(1, min(n_frames, (1 << 22) // npix, int(4_000_000 // per_frame)))
     order = np.argsort(f_, kind="stable")
     f_s, y_s, x_s, amp_s, ph_s = f_[order], y_[order], x_[order], amp_[order], ph_[order]
     bounds = np.searchsorted(f_s, np.arange(0, n_frames + block, block))
@@ -716,9 +816,13 @@ def simulate(
             ix = cx[:, None] + offx[None, :]
             dy = iy - by[:, None]
             dx = ix - bx[:, None]
-            ey = (amp_s[lo_i:hi_i, None] * np.exp(-0.5 * (dy / sy[:, None]) ** 2)
-                  * np.exp(1j * (2 * np.pi * dy / period + ph_s[lo_i:hi_i, None])))
-            lx = _lateral(dx, aa[:, None])
+            if modulated:
+                ey = (amp_s[lo_i:hi_i, None] * np.exp(-0.5 * (dy / sy[:, None]) ** 2)
+                      * np.exp(1j * (2 * np.pi * dy / period + ph_s[lo_i:hi_i, None])))
+            else:
+                ey = (amp_s[lo_i:hi_i, None] * np.exp(-0.5 * (dy / sy[:, None]) ** 2)
+                      * np.exp(1j * ph_s[lo_i:hi_i, None]))
+            lx = lateral(dx, aa[:, None])
             val = ey[:, :, None] * lx[:, None, :]
             flat = ((f_s[lo_i:hi_i] - t0)[:, None, None] * npix + iy[:, :, None] * width
                     + ix[:, None, :])
@@ -729,10 +833,13 @@ def simulate(
         field_ = field_.reshape(nb, height, width)
         for k in range(nb):
             t = t0 + k
-            if c_hat is not None:
-                if t > 0:
-                    c_hat = rho * c_hat + innov * np.float32(np.sqrt(npix)) * white((height, width))
-                spec = c_hat * k_hat
+            if c_hat is not None or lowrank_hat is not None:
+                if lowrank_hat is not None:
+                    spec = np.tensordot(lowrank_w[t], lowrank_hat, axes=1)
+                else:
+                    if t > 0:
+                        c_hat = rho * c_hat + innov * np.float32(np.sqrt(npix)) * white((height, width))
+                    spec = c_hat * k_hat
                 if tissue_motion_px > 0:
                     dyt, dxt = drift[t]
                     spec = spec * np.exp(-2j * np.pi * (fy * dyt + fx_ * dxt)).astype(np.complex64)
@@ -762,15 +869,19 @@ def simulate(
         psf_fwhm_um=[fwhm_y_um, fwhm_x_um], depth_dependence=depth_dependence,
         speed_range_mm_s=[v_lo, v_hi], diameter_range_um=[dmin, dmax],
         clutter_db=clutter_db, clutter_correlation=clutter_correlation, noise_db=noise_db,
+        clutter_model=clutter_model, psf_shape=psf_shape,
         tissue_motion_px=tissue_motion_px, amplitude_spread=amplitude_spread,
         amplitude_jitter=amplitude_jitter, mean_lifetime_frames=mean_lifetime_frames,
         psf_fwhm_y_px=fwhm_y_px, psf_fwhm_x_px=fwhm_x_px,
         psf_sigma_y_px=fwhm_y_px / _FWHM_PER_SIGMA, psf_sigma_x_px=fwhm_x_px / _FWHM_PER_SIGMA,
-        axial_period_px=period, speed_range_px_per_frame=[v_lo_px, v_hi_px],
+        axial_period_px=period if modulated else None,
+        speed_range_px_per_frame=[v_lo_px, v_hi_px],
         n_vessel_segments=int(len(tree.npts)), mean_residence_frames=residence,
         arrival_rate_per_frame=rate, intensity_scale=scale,
         mean_bubbles_per_frame=float(len(gt) / n_frames),
     )
+    if clutter_model == "lowrank":
+        metadata.update(clutter_rank=clutter_rank, clutter_timescale_frames=clutter_timescale_frames)
     if tissue_motion_px > 0:
         metadata["tissue_drift_px"] = drift.round(4).tolist()
     return Simulation(frames=frames, ground_truth=gt, vessel_mask=vessel_mask,

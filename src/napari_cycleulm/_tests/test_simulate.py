@@ -269,3 +269,106 @@ def test_isolated_positions_keeps_lone_bubbles_away_from_the_border():
     assert isolated_positions(pos, (80, 80), amplitude=[1, 1, 0.2, 1, 1], min_amplitude=0.5).tolist() == [4]
     assert isolated_positions(pos, (80, 80), min_distance_px=5).tolist() == [0, 1, 2, 4]
     assert len(isolated_positions(pos, (80, 80), n=1)) == 1
+
+
+# ---------------------------------------------------------------------------
+# Second forward model: PSF shapes and low-rank clutter
+# ---------------------------------------------------------------------------
+def test_defaults_unchanged_for_a_fixed_seed():
+    """The new options leave the default output exactly as it was (values from before they existed)."""
+    sim = simulate(n_frames=12, height=48, width=64, density=10.0, seed=3)
+    f = sim.frames
+    assert f.astype(np.float64).sum() == pytest.approx(5558.384505989263, rel=1e-6)
+    np.testing.assert_allclose(f[[0, 5, 11], [10, 20, 30], [15, 32, 50]],
+                               [0.16809695959091187, 0.22386229038238525, 0.030826477333903313], rtol=1e-5)
+    assert len(sim.ground_truth) == 128
+    assert sim.ground_truth["x"].sum() == pytest.approx(4725.275197418412, rel=1e-9)
+    assert sim.metadata["intensity_scale"] == pytest.approx(1.4786872863769531, rel=1e-5)
+    assert sim.metadata["psf_shape"] == "gauss-sinc" and sim.metadata["clutter_model"] == "ar1"
+    moving = simulate(n_frames=12, height=48, width=64, density=10.0, seed=3, tissue_motion_px=2.0,
+                      clutter_correlation=0.9)
+    assert moving.frames.astype(np.float64).sum() == pytest.approx(5281.446259784279, rel=1e-6)
+    np.testing.assert_allclose(moving.frames[[0, 5, 11], [10, 20, 30], [15, 32, 50]],
+                               [0.2816602289676666, 0.29200002551078796, 0.156309574842453], rtol=1e-5)
+
+
+@pytest.mark.parametrize("shape", ["gauss", "sinc"])
+@pytest.mark.parametrize("fwhm_um", [(200.0, 300.0), (450.0, 500.0)])
+def test_psf_shapes_rendered_width_matches_metadata(shape, fwhm_um):
+    sim = simulate(n_frames=60, height=96, width=112, density=3.0, seed=2, clutter_db=-np.inf,
+                   noise_db=-np.inf, depth_dependence=0.0, amplitude_jitter=0.0, psf_shape=shape,
+                   psf_fwhm_um=fwhm_um)
+    meta = sim.metadata
+    assert meta["psf_shape"] == shape
+    assert meta["psf_fwhm_y_px"] == pytest.approx(fwhm_um[0] / 50.0, rel=1e-3)
+    assert meta["psf_fwhm_x_px"] == pytest.approx(fwhm_um[1] / 50.0, rel=1e-3)
+    assert meta["psf_sigma_x_px"] == pytest.approx(meta["psf_fwhm_x_px"] / 2.3548, rel=1e-3)
+    w = _isolated_widths(sim)
+    assert len(w) > 20
+    assert np.median(w[:, 1]) == pytest.approx(meta["psf_fwhm_y_px"], rel=0.1)
+    assert np.median(w[:, 2]) == pytest.approx(meta["psf_fwhm_x_px"], rel=0.1)
+
+
+def test_psf_shapes_side_lobes_and_modulation():
+    from napari_cycleulm.simulate import _lateral, _lateral_gauss, _lateral_sinc
+
+    x = np.linspace(0, 5, 5001)
+    one = np.ones_like(x)
+    lobe = {name: np.abs(f(x, one))[x > 1.05].max() for name, f in (("gauss-sinc", _lateral),
+                                                                      ("sinc", _lateral_sinc))}
+    assert 10 ** (-17 / 20) < lobe["sinc"] < 10 ** (-11 / 20)  # stronger than the default's ~-20 dB
+    assert lobe["sinc"] > 1.5 * lobe["gauss-sinc"]
+    assert np.all(np.diff(_lateral_gauss(x, one)) <= 0)  # monotone decay: no side lobe
+    # only the modulated shapes record an axial period
+    assert small(psf_shape="gauss").metadata["axial_period_px"] is None
+    assert small(psf_shape="sinc").metadata["axial_period_px"] > 0
+
+
+def _svd_residual(sim: Simulation, k: int = 10) -> float:
+    """Fraction of the temporal variance of the stack outside its first ``k`` SVD components."""
+    x = sim.frames.reshape(len(sim.frames), -1).astype(np.float64)
+    s = np.linalg.svd(x - x.mean(axis=0), compute_uv=False)
+    return float(np.sum(s[k:] ** 2) / np.sum(s ** 2))
+
+
+def test_lowrank_clutter_lives_in_the_first_svd_components():
+    kw = dict(n_frames=100, density=0.0, noise_db=-60.0)
+    lowrank = small(clutter_model="lowrank", **kw)
+    moving = small(clutter_model="lowrank", tissue_motion_px=1.0, **kw)
+    fast = small(clutter_correlation=0.3, **kw)
+    assert _svd_residual(lowrank) < 0.02
+    assert _svd_residual(moving) < 0.05
+    assert _svd_residual(fast) > 0.5
+    meta = lowrank.metadata
+    assert meta["clutter_model"] == "lowrank" and meta["clutter_rank"] == 3
+    # it evolves: the first and last frames differ
+    d = np.abs(lowrank.frames[-1] - lowrank.frames[0])[lowrank.organ_mask].mean()
+    assert d > 0.2 * lowrank.frames[:, lowrank.organ_mask].mean()
+    # same RMS (clutter_db) as the AR(1) clutter, stronger inside the organ than outside
+    for sim in (lowrank, fast):
+        rms = np.sqrt(np.mean(sim.frames[:, sim.organ_mask] ** 2)) * sim.metadata["intensity_scale"]
+        assert rms == pytest.approx(10 ** (-12 / 20), rel=0.3)
+    f = lowrank.frames.mean(0)
+    assert np.median(f[lowrank.organ_mask]) > 2 * np.median(f[~lowrank.organ_mask])
+
+
+def test_lowrank_clutter_with_bubbles_keeps_ground_truth():
+    a = small(clutter_model="lowrank", psf_shape="gauss")
+    b = small()
+    # the bubbles do not depend on the forward model
+    np.testing.assert_array_equal(a.ground_truth["x"], b.ground_truth["x"])
+    assert a.frames.shape == b.frames.shape and np.isfinite(a.frames).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(psf_shape="airy"), "psf_shape"),
+        (dict(clutter_model="svd"), "clutter_model"),
+        (dict(clutter_model="lowrank", clutter_rank=0), "clutter_rank"),
+        (dict(clutter_model="lowrank", clutter_timescale_frames=0), "clutter_timescale_frames"),
+    ],
+)
+def test_bad_forward_model_arguments_raise(kwargs, match):
+    with pytest.raises(CycleULMError, match=match):
+        small(**kwargs)
