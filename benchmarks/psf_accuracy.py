@@ -17,9 +17,8 @@ import warnings
 
 import numpy as np
 
-from networks import isolated_points
 from napari_cycleulm.psf import estimate_psf, estimate_psf_auto
-from napari_cycleulm.simulate import simulate
+from napari_cycleulm.simulate import isolated_positions, simulate
 
 SETTINGS = [
     dict(seed=0),  # the bundled sample
@@ -30,13 +29,16 @@ SETTINGS = [
 ]
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    import argparse
+
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)
     print(f"{'setting':>45} | {'true FWHM y, x (px)':>19} | {'from GT positions':>26} | {'automatic':>26}")
     for kw in SETTINGS:
         sim = simulate(**kw)
         ty, tx = sim.metadata["psf_fwhm_y_px"], sim.metadata["psf_fwhm_x_px"]
-        pts = isolated_points(sim.ground_truth, sim.frames.shape[1:])
+        pts = sim.ground_truth.positions[isolated_positions(sim.ground_truth.positions, sim.frames.shape[1:], n=40)]
         gt = estimate_psf(sim.frames, pts).psf
         auto = estimate_psf_auto(sim.frames).psf
 

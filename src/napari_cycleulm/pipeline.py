@@ -78,14 +78,13 @@ from .arrays import intensity_scale
 from .errors import CycleULMError
 from .e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
 from .progress import Progress, drive
-from .psf import PSF, check_psf_extent
+from .psf import PSF, PSFEstimate, check_psf_extent
 from .render import SRMaps, SRRenderer
 from .tables import Localisations, TableWriter, Tracks
+from .stages import CALIBRATION_FRAMES, LOCALISERS, localise_block, run_scale
 from .track import Linker
 
 
-#: Frames read at the start of a run to estimate the PSF ("auto") and the intensity scale.
-CALIBRATION_FRAMES = 100
 
 
 @dataclass(frozen=True)
@@ -94,41 +93,40 @@ class PipelineSpec:
 
     name: str
     denoise: str  # "threshold" | "none" | "mbdt"
-    localise: str  # "ncc" | "decon" | "mblnet" | "e2e"
+    localise: str  # a key of stages.LOCALISERS, or "e2e"
     description: str
     #: Default threshold: NCC score, deconvolution amplitude in normalised
     #: intensity units (the run's 99.9th percentile is 1; MB-only units after
     #: MB-DT), MBL-Net summed probability, or MBT-Net trajectory probability.
+    #: Read from the localiser's registry entry (:mod:`napari_cycleulm.stages`).
     threshold: float
 
     @property
     def networks(self) -> tuple[str, ...]:
         """Checkpoint kinds this pipeline needs."""
         nets = ("mbdt",) if self.denoise == "mbdt" else ()
-        if self.localise == "mblnet":
-            nets += ("mblnet",)
         if self.localise == "e2e":
-            nets += ("mbtnet",)
-        return nets
+            return nets + ("mbtnet",)
+        network = LOCALISERS[self.localise].network
+        return nets + ((network,) if network else ())
+
+
+def _spec(name: str, denoise: str, localise: str, description: str) -> PipelineSpec:
+    """A pipeline whose default threshold is its localiser's for its input domain."""
+    threshold = (E2E_PROB_THRESHOLD if localise == "e2e"
+                 else LOCALISERS[localise].default_threshold(mb_only=denoise == "mbdt"))
+    return PipelineSpec(name, denoise, localise, description, threshold)
 
 
 PIPELINES: dict[str, PipelineSpec] = {
-    "baseline1": PipelineSpec(
-        "baseline1", "threshold", "ncc", "adaptive thresholding + NCC + tracking", 0.3
-    ),
-    "baseline2": PipelineSpec(
-        "baseline2", "threshold", "decon", "adaptive thresholding + deconvolution + tracking", 0.1
-    ),
-    "cycleulm-ncc": PipelineSpec(
-        "cycleulm-ncc", "mbdt", "ncc", "MB-DT + NCC (MB-only PSF) + tracking", 0.75
-    ),
-    "cycleulm-decon": PipelineSpec(
-        "cycleulm-decon", "mbdt", "decon", "MB-DT + deconvolution (MB-only PSF) + tracking", 0.1
-    ),
-    "cycleulm-loc": PipelineSpec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking", 0.4),
-    "cycleulm-e2e": PipelineSpec(
-        "cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)", E2E_PROB_THRESHOLD
-    ),
+    spec.name: spec for spec in (
+        _spec("baseline1", "threshold", "ncc", "adaptive thresholding + NCC + tracking"),
+        _spec("baseline2", "threshold", "decon", "adaptive thresholding + deconvolution + tracking"),
+        _spec("cycleulm-ncc", "mbdt", "ncc", "MB-DT + NCC (MB-only PSF) + tracking"),
+        _spec("cycleulm-decon", "mbdt", "decon", "MB-DT + deconvolution (MB-only PSF) + tracking"),
+        _spec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking"),
+        _spec("cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)"),
+    )
 }
 
 #: Value of ``PipelineResult.outputs["localisations"]`` / ``["tracks"]`` for E2E runs.
@@ -192,6 +190,8 @@ def _check_psf(psf) -> PSF:
             "a PSF is needed for localisation: estimate one (psf.estimate_psf, "
             "`cycleulm psf`, or psf='auto' to pick isolated bubbles automatically)."
         )
+    if isinstance(psf, PSFEstimate):
+        return psf.psf  # what psf.estimate_psf / estimate_psf_auto return
     if not isinstance(psf, PSF):
         raise CycleULMError(f"psf must be a PSF, 'auto' or None, got {type(psf).__name__}.")
     return psf
@@ -213,12 +213,6 @@ def _stage_denoise(block: np.ndarray, spec: PipelineSpec, psf: PSF, params: dict
     if spec.denoise == "none":
         return block
     raise CycleULMError(f"unknown denoiser {spec.denoise!r}")
-
-
-def _stage_localise(block: np.ndarray, psf: PSF, spec: PipelineSpec, params: dict) -> Localisations:
-    from .localise import localise
-
-    return localise(block, psf, method=spec.localise, **params)
 
 
 def _load_networks(spec: PipelineSpec, sources: dict, device) -> dict:
@@ -260,6 +254,7 @@ def iter_pipeline(
     mbdt=None,
     mblnet=None,
     mbtnet=None,
+    scale: float | None = None,
 ) -> Generator[Progress, None, PipelineResult]:
     """Run a named pipeline, yielding progress; the generator returns a :class:`PipelineResult`.
 
@@ -267,10 +262,10 @@ def iter_pipeline(
     ----------
     stack : array_like or io.LazyStack
         CEUS frames, (T, H, W) envelope (magnitude) data.
-    pipeline : str
-        One of :data:`PIPELINES`.
-    psf : PSF, "auto" or None
-        PSF of the CEUS data.  ``"auto"`` estimates it from isolated bubbles of
+    pipeline : str or PipelineSpec
+        One of :data:`PIPELINES`, or a composition of registry stages.
+    psf : PSF, PSFEstimate, "auto" or None
+        PSF of the CEUS data (an estimator's ``PSFEstimate`` is taken as its ``.psf``).  ``"auto"`` estimates it from isolated bubbles of
         the first block.  The CycleULM pipelines localise with its MB-only
         version ``psf.mbonly()`` and compare that with the range the networks
         were trained on (a ``UserWarning`` when outside);
@@ -308,6 +303,10 @@ def iter_pipeline(
         Torch device for the localisers and networks (default: CUDA when present).
     mbdt, mblnet, mbtnet : None, "default", path or Checkpoint
         Networks of the CycleULM pipelines (default: the shipped weights).
+    scale : float, optional
+        Intensity factor of the run (see :mod:`napari_cycleulm.stages`);
+        default from the first :data:`CALIBRATION_FRAMES` frames.  Pass 1 for
+        frames already in normalised units (e.g. MB-only frames).
 
     Raises
     ------
@@ -316,11 +315,14 @@ def iter_pipeline(
     """
     import warnings
 
-    if pipeline not in PIPELINES:
+    if isinstance(pipeline, PipelineSpec):
+        spec, pipeline = pipeline, pipeline.name
+    elif pipeline in PIPELINES:
+        spec = PIPELINES[pipeline]
+    else:
         raise CycleULMError(
             f"unknown pipeline {pipeline!r}; choose one of {sorted(PIPELINES)}."
         )
-    spec = PIPELINES[pipeline]
     if block_size < 1:
         raise CycleULMError(f"block_size must be >= 1, got {block_size}.")
     if target_count is not None and target_count < 1:
@@ -395,13 +397,9 @@ def iter_pipeline(
             msg = check_psf_in_range(mb_psf, ckpt)
             if msg:
                 warnings.warn(msg, UserWarning, stacklevel=2)
-    if spec.localise == "decon":
-        # Blocks must share one threshold: amplitudes in normalised intensity units.
-        localise_params.setdefault("absolute_threshold", True)
-
     # One intensity scale for the whole run, from the first frames (whatever
     # the block size), so that absolute thresholds mean the same in every block.
-    scale = intensity_scale(calibration)
+    scale = intensity_scale(calibration) if scale is None else run_scale(stack, scale)
     del calibration
 
     def psf_params(p):
@@ -448,9 +446,9 @@ def iter_pipeline(
                 f"unknown localise_params for cycleulm-e2e: {sorted(localise_params)}; "
                 "use stride, pad_last or batch_size."
             )
-    elif spec.localise == "mblnet":
-        localise_params["model"] = nets["mblnet"]
-    mblnet_context = spec.localise == "mblnet" and int(nets["mblnet"].config.get("in_channels", 1)) == 3
+    loc_threshold = None if e2e else localise_params.pop("threshold")
+    loc_model = None if e2e else nets.get(LOCALISERS[spec.localise].network)
+    mblnet_context = loc_model is not None and int(loc_model.config.get("in_channels", 1)) == 3
 
     def translate_block(block, before, after):
         from .translate import translate
@@ -488,7 +486,8 @@ def iter_pipeline(
                 locs = Localisations()
                 timer.add("e2e", t0)
             else:
-                locs = _stage_localise(den, loc_psf, spec, {**localise_params, **extra})
+                locs = localise_block(den, spec.localise, loc_psf, threshold=loc_threshold, model=loc_model,
+                                      **extra, **localise_params)
                 timer.add("localise", t0)
             if len(locs):
                 locs = locs.with_columns(frame=locs["frame"] + start)

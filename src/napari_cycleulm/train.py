@@ -83,6 +83,11 @@ __all__ = [
     "validate_mbtnet",
 ]
 
+#: Frames of a stack MB-DT is fine-tuned on (the first ones): patches of 3 frames are drawn
+#: at random, and 2,000 frames (4 s at 500 Hz) hold far more than a fine-tuning run sees,
+#: while a 25,000-frame acquisition would not fit in memory.
+FINETUNE_MAX_FRAMES = 2000
+
 #: Percentile of the CEUS stack mapped to 1 (library-wide intensity convention).
 NORMALISATION_PERCENTILE = 99.9
 

@@ -23,6 +23,7 @@ from . import io as ulm_io
 from .arrays import as_frames, as_image, intensity_scale
 from .errors import CycleULMError
 from .models import resolve_network
+from .stages import CALIBRATION_FRAMES
 
 __all__ = ["translate", "iter_translate", "intensity_scale"]
 
@@ -142,7 +143,7 @@ def iter_translate(
         Frames per block.
     scale : float, optional
         Run-wide intensity factor; default from the first
-        ``pipeline.CALIBRATION_FRAMES`` (100) frames, so equal to
+        :data:`~napari_cycleulm.stages.CALIBRATION_FRAMES` (100) frames, so equal to
         :func:`translate`'s default for shorter stacks.
     batch_size, device
         As in :func:`translate`.
@@ -153,8 +154,6 @@ def iter_translate(
         ``start``, ``stop`` and the float32 ``(stop - start, H, W)`` MB-only
         frames, identical to ``translate(stack, scale=scale)[start:stop]``.
     """
-    from .pipeline import CALIBRATION_FRAMES
-
     if int(block_size) != block_size or block_size < 1:
         raise CycleULMError(f"block_size must be a whole number >= 1, got {block_size}.")
     batch_size = _check_batch(batch_size)

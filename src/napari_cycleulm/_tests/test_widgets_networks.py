@@ -21,6 +21,7 @@ from napari_cycleulm._widgets.train_widget import PLOTTED_LOSSES, TrainWidget  #
 from napari_cycleulm._widgets.translate_widget import TranslateWidget  # noqa: E402
 from napari_cycleulm.checkpoint import load_checkpoint  # noqa: E402
 from napari_cycleulm.localise import localise_mblnet  # noqa: E402
+from napari_cycleulm.stages import LOCALISERS, run_scale  # noqa: E402
 from napari_cycleulm.psf import PSF  # noqa: E402
 from napari_cycleulm.roi import count_patches, rois_to_mask  # noqa: E402
 from napari_cycleulm.translate import translate  # noqa: E402
@@ -131,12 +132,14 @@ def test_localise_widget_runs_mblnet_on_mb_only_frames(make_napari_viewer, qtbot
     w.image.value = mb
     assert not _shown(w.model.choice)
     w.method.value = "mblnet"
-    assert _shown(w.model.choice) and w.threshold.value == 0.5
+    # The pipelines' default (cycleulm-loc), from the stage registry.
+    assert _shown(w.model.choice) and w.threshold.value == LOCALISERS["mblnet"].threshold_mbonly
     w.model.use_file(nets["mblnet"])
     w.threshold.value = 0.1  # the tiny random network is never confident
     run_widget(qtbot, w)
     pts = viewer.layers["mb localisations [mblnet]"]
-    want = localise_mblnet(frames, nets["mblnet"], threshold=0.1, device="cpu")
+    # A layer CycleULM did not make is brought to the library's intensity units first.
+    want = localise_mblnet(frames * np.float32(run_scale(frames)), nets["mblnet"], threshold=0.1, device="cpu")
     assert len(pts.data) == len(want) > 0
     np.testing.assert_allclose(np.sort(pts.data[:, 1]), np.sort(want["y"]), atol=1e-4)
     assert "score" in pts.features.columns

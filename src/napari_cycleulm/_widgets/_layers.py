@@ -17,6 +17,13 @@ from ..tables import Localisations, Tracks
 
 PSF_METADATA_KEY = "cycleulm_psf"
 
+#: Metadata flag of stacks already in the library's intensity units (see :mod:`napari_cycleulm.stages`):
+#: a CycleULM denoised stack; later stages use them without rescaling.
+NORMALISED_KEY = "cycleulm_normalised"
+
+#: Result stacks larger than this are kept in a memory-mapped file instead of RAM.
+IN_MEMORY_LIMIT_BYTES = 1 << 30
+
 
 def _numeric_features(layer: Layer, skip) -> dict[str, np.ndarray]:
     """The layer's numeric feature columns, except those named in ``skip``."""
@@ -28,15 +35,73 @@ def _numeric_features(layer: Layer, skip) -> dict[str, np.ndarray]:
     return out
 
 
-def frames_from_layer(layer: Image | None, name: str = "CEUS layer") -> np.ndarray:
-    """The (T, H, W) float32 frames of an Image layer, with clear errors."""
+def stack_from_layer(layer: Image | None, name: str = "CEUS layer"):
+    """The (T, H, W) data of an Image layer *as it is*: a lazily opened stack stays lazy.
+
+    The streaming core reads it block by block (``data[start:stop]``), so a
+    25,000-frame acquisition opened from disk (a LazyStack, dask or zarr
+    array, or a memory map) is never loaded whole.  Shape and dtype are
+    checked here; values are checked block by block as they are read.
+
+    Raises
+    ------
+    CycleULMError
+        No layer, an RGB or multiscale layer, a non-numeric or complex dtype,
+        or data that is not a (T, H, W) stack.
+    """
     if layer is None:
         raise CycleULMError(f"no {name} selected: open a CEUS stack or load the sample data first.")
     if getattr(layer, "rgb", False):
         raise CycleULMError(f"layer {layer.name!r} is RGB; CEUS data must be a grey-level stack.")
     if getattr(layer, "multiscale", False):
         raise CycleULMError(f"layer {layer.name!r} is multiscale; open the full-resolution stack instead.")
-    return as_frames(np.asarray(layer.data), name=f"layer {layer.name!r}")
+    data = layer.data
+    dtype = np.dtype(getattr(data, "dtype", np.float32))
+    if np.issubdtype(dtype, np.complexfloating):
+        raise CycleULMError(
+            f"layer {layer.name!r} holds complex (IQ) data; run the SVD clutter filter "
+            "(Denoise tool) or take its magnitude first."
+        )
+    if not (np.issubdtype(dtype, np.number) or dtype == bool):
+        raise CycleULMError(f"layer {layer.name!r} must be numeric, got dtype {dtype}.")
+    if data.ndim == 2:
+        return np.asarray(data)[None]  # one image: small by nature
+    if data.ndim != 3 or 0 in data.shape:
+        raise CycleULMError(
+            f"layer {layer.name!r} must be a (frames, height, width) stack, got shape {tuple(data.shape)}."
+        )
+    return data
+
+
+def result_buffer(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """An output stack as large as its input: in memory when small, else a temporary memory map.
+
+    A stage that turns a 25,000-frame acquisition into another stack (denoised,
+    MB-only) writes it block by block into this buffer, so neither the input nor
+    the output has to fit in memory.  The file lives in the system's temporary
+    folder and is removed when the array is released.
+    """
+    import tempfile
+
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    if nbytes <= IN_MEMORY_LIMIT_BYTES:
+        return np.empty(shape, dtype)
+    handle = tempfile.NamedTemporaryFile(prefix="cycleulm_", suffix=".npy")
+    arr = np.lib.format.open_memmap(handle.name, mode="w+", dtype=dtype, shape=tuple(shape))
+    arr._cycleulm_file = handle  # noqa: SLF001 - keeps the file until the array is freed
+    return arr
+
+
+def frames_from_layer(layer: Image | None, name: str = "CEUS layer", frames=None) -> np.ndarray:
+    """Some frames of an Image layer as a checked float32 (T, H, W) array.
+
+    Only the frames asked for are read (``frames``: a slice or frame indices;
+    default all of them, for stages that need the whole stack in memory).
+    """
+    data = stack_from_layer(layer, name)
+    if frames is not None:
+        data = data[frames] if isinstance(frames, slice) else data[np.asarray(frames, dtype=np.int64)]
+    return as_frames(np.asarray(data), name=f"layer {layer.name!r}")
 
 
 def localisations_from_points(layer: Points | None, reference: Layer | None = None) -> Localisations:

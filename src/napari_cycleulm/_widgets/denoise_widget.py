@@ -1,16 +1,26 @@
-"""Denoise a CEUS stack: Bradley-Roth adaptive thresholding or SVD clutter filtering."""
+"""Denoise a CEUS stack: Bradley-Roth adaptive thresholding or SVD clutter filtering.
+
+Both stream over blocks of frames (a lazily opened stack is never loaded
+whole).  Adaptive thresholding works exactly as in the Baseline pipelines:
+frames are scaled by the run's intensity factor (:mod:`napari_cycleulm.stages`)
+and thresholded with the PSF's window, so the Localise tool on the result
+gives the pipeline's localisations.
+"""
 
 from __future__ import annotations
 
 import napari
-import numpy as np
 from magicgui.widgets import ComboBox, FloatSpinBox, SpinBox
 from napari.layers import Image
 
-from ..io import iter_blocks
+from .. import io as ulm_io
 from ..progress import Progress
+from ..stages import CALIBRATION_FRAMES, run_scale
 from ._base import StageWidget
-from ._layers import add_result, frames_from_layer, geometry_of, result_metadata, result_name
+from ._layers import (
+    NORMALISED_KEY, PSF_METADATA_KEY, add_result, geometry_of, psf_from_layer, psf_params, result_buffer,
+    result_metadata, result_name, stack_from_layer,
+)
 
 
 class DenoiseWidget(StageWidget):
@@ -19,12 +29,30 @@ class DenoiseWidget(StageWidget):
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
         super().__init__(napari_viewer)
         self.image = self.layer_combo("CEUS", Image)
+        self.psf_layer = self.layer_combo("PSF", Image, allow_none=True)
+        self.psf_layer.tooltip = ("the PSF tool's layer; (none) estimates it from isolated bubbles of the first "
+                                  f"{CALIBRATION_FRAMES} frames, as the pipelines do")
         self.method = ComboBox(label="method", choices=["adaptive threshold", "SVD clutter filter"])
-        self.window = SpinBox(label="window (px, 0=auto)", value=0, min=0, max=1001)
+        self.window = SpinBox(label="window (px, 0=auto)", value=0, min=0, max=1001,
+                              tooltip="0: from the PSF, as the pipelines choose it")
         self.sensitivity = FloatSpinBox(label="sensitivity", value=2.0, min=0.0, max=20.0, step=0.05)
         self.cutoff = SpinBox(label="SVD cut-off (0=auto)", value=0, min=0, max=10000)
-        self.extend([self.image, self.method, self.window, self.sensitivity, self.cutoff])
+        self.svd_block = SpinBox(label="SVD block (frames)", value=200, min=2, max=100000,
+                                 tooltip="frames filtered together; memory grows with it")
+        self.extend([self.image, self.psf_layer, self.method, self.window, self.sensitivity, self.cutoff,
+                     self.svd_block])
         self.finish_layout()
+
+    def _psf(self, stack, layer):
+        """The PSF layer's PSF, or the pipelines' automatic estimate on the first frames."""
+        from ..psf import estimate_psf_auto
+
+        chosen = self.psf_layer.value
+        if chosen is not None and PSF_METADATA_KEY in chosen.metadata:
+            return psf_from_layer(chosen), chosen.name
+        calibration = ulm_io.read_block(stack, 0, min(len(stack), CALIBRATION_FRAMES))
+        est = estimate_psf_auto(calibration, pixel_size_um=layer.metadata.get("pixel_size_um"))
+        return est.psf, "auto"
 
     def work(self):
         from ..preprocess import adaptive_threshold, svd_clutter_filter
@@ -32,38 +60,47 @@ class DenoiseWidget(StageWidget):
         layer = self.image.value
         self._source = layer
         if self.method.value == "SVD clutter filter":
-            self._params = {"method": "svd", "cutoff": self.cutoff.value or None}
-        else:
-            self._params = {"method": "adaptive threshold", "window": self.window.value or None,
-                            "sensitivity": self.sensitivity.value}
-        if self.method.value == "SVD clutter filter":
-            data = np.asarray(layer.data) if layer is not None else None
-            frames = data if data is not None and np.iscomplexobj(data) else frames_from_layer(layer)
+            data = layer.data if layer is not None else None
+            # IQ (complex) stacks are filtered as they are; the result is their envelope.
+            stack = data if data is not None and getattr(data, "dtype", None) is not None and \
+                data.dtype.kind == "c" else stack_from_layer(layer)
             cutoff = self.cutoff.value or None
+            block_size = int(self.svd_block.value)
+            self._params = {"method": "svd", "cutoff": cutoff, "block_size": block_size}
 
             def run_svd():
-                yield Progress(0, 1, "SVD filter")
-                out = svd_clutter_filter(frames, cutoff=cutoff)
-                yield Progress(1, 1, "SVD filter")
-                return out
+                n = len(stack)
+                out = result_buffer(tuple(stack.shape), "float32")
+                yield Progress(0, n, "SVD filter")
+                for start in range(0, n, block_size):
+                    stop = min(n, start + block_size)
+                    out[start:stop] = svd_clutter_filter(stack[start:stop], cutoff=cutoff)
+                    yield Progress(stop, n, "SVD filter")
+                return out, False
 
             return run_svd()
-        frames = frames_from_layer(layer)
+        stack = stack_from_layer(layer)
+        psf, psf_name = self._psf(stack, layer)
         window = self.window.value or None
         sens = self.sensitivity.value
+        scale = run_scale(stack)
+        self._params = {"method": "adaptive threshold", "window": window, "sensitivity": sens,
+                        "psf_layer": psf_name, "psf": psf_params(psf), "intensity_scale": scale}
 
         def run():
-            out = np.empty_like(frames)
-            for start, stop, block in iter_blocks(frames, 64):
-                out[start:stop] = adaptive_threshold(block, window=window, sensitivity=sens)
-                yield Progress(stop, len(frames), "thresholding")
-            return out
+            n = len(stack)
+            out = result_buffer(tuple(stack.shape), "float32")
+            for start, stop, block in ulm_io.iter_blocks(stack, 64):
+                out[start:stop] = adaptive_threshold(block * scale, window=window, sensitivity=sens, psf=psf)
+                yield Progress(stop, n, "thresholding")
+            return out, True
 
         return run()
 
-    def done(self, out) -> None:
+    def done(self, result) -> None:
+        out, normalised = result
         src = self._source
-        meta = result_metadata("denoise", src, self._params, method=None)
+        meta = result_metadata("denoise", src, self._params, method=None, **{NORMALISED_KEY: normalised})
         add_result(self.viewer, "image", out, result_name(src.name, "denoised"), mode=self.rerun_mode,
                    colormap="gray", metadata=meta, **geometry_of(src))
         self.status.value = "done"

@@ -6,12 +6,9 @@ import napari
 from magicgui.widgets import CheckBox, SpinBox
 from napari.layers import Image
 
-from ..e2e import E2EAccumulator
-from ..io import iter_blocks
-from ..progress import Progress
-from ..translate import iter_translate
+from ..pipeline import PIPELINES, PipelineSpec, iter_pipeline
 from ._base import StageWidget
-from ._layers import add_sr_layers, frames_from_layer, origin_of, result_metadata
+from ._layers import add_sr_layers, origin_of, result_metadata, stack_from_layer
 from ._model_picker import ModelPicker
 from .translate_widget import MB_ONLY_KEY
 
@@ -48,36 +45,29 @@ class E2EWidget(StageWidget):
 
     def work(self):
         layer = self.image.value
-        frames = frames_from_layer(layer)
+        stack = stack_from_layer(layer)
         mb_only = self.mb_only.value
         mbdt = None if mb_only else self.mbdt.load()
         mbtnet = self.mbtnet.load()
         block, u = self.block_size.value, self.upsampling.value
-        px = layer.metadata.get("pixel_size_um")
-        fr = layer.metadata.get("frame_rate_hz")
-        if px is None or fr is None:
-            px = fr = None  # result() needs both for mm/s, else px/frame
         self._source = layer
         self._params = {
             "mb_only_input": mb_only, "block_size": block, "upsampling": u,
             "mbdt": None if mbdt is None else (str(mbdt.path) if mbdt.path else "default"),
             "mbtnet": str(mbtnet.path) if mbtnet.path else "default",
         }
+        spec = PIPELINES[TAG]
+        if mb_only:
+            # MB-only frames (already MB-DT output, in normalised units) go straight to MBT-Net.
+            spec = PipelineSpec(TAG, "none", spec.localise, "MBT-Net on MB-only frames", spec.threshold)
+        return iter_pipeline(
+            stack, spec, psf=None if mb_only else "auto", block_size=block, upsampling=u, mbdt=mbdt, mbtnet=mbtnet,
+            pixel_size_um=layer.metadata.get("pixel_size_um"), frame_rate_hz=layer.metadata.get("frame_rate_hz"),
+            scale=1.0 if mb_only else None,
+        )
 
-        def run():
-            n = len(frames)
-            acc = E2EAccumulator(frames.shape[1:], upsampling=u)
-            blocks = iter_blocks(frames, block) if mb_only else iter_translate(frames, mbdt, block_size=block)
-            stage = "MBT-Net" if mb_only else "MB-DT + MBT-Net"
-            yield Progress(0, n, stage)
-            for _start, stop, mb in blocks:
-                acc.add(mb, mbtnet)
-                yield Progress(stop, n, stage)
-            return acc.result(pixel_size_um=px, frame_rate_hz=fr)
-
-        return run()
-
-    def done(self, maps) -> None:
+    def done(self, result) -> None:
+        maps = result.maps
         src = self._source
         # An MB-only layer made by the Translate widget names its results after the CEUS layer it came from.
         origin = origin_of(src)[0] if self._params["mb_only_input"] else src.name

@@ -7,20 +7,26 @@ from magicgui.widgets import ComboBox, FloatSpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_warning
 
-from ..io import iter_blocks
 from ..models import check_psf_in_range
-from ..progress import Progress
-from ..tables import Localisations
+from ..stages import LOCALISERS, iter_localise
 from ._base import StageWidget
 from ._display import show_localisations
 from ._layers import (
-    PSF_METADATA_KEY, frames_from_layer, psf_from_layer, psf_params, result_metadata, result_name,
+    NORMALISED_KEY, PSF_METADATA_KEY, psf_from_layer, psf_params, result_metadata, result_name,
+    stack_from_layer,
 )
 from ._model_picker import ModelPicker
+from .translate_widget import MB_ONLY_KEY
 
-#: Default thresholds per method: NCC score, deconvolution amplitude (frame intensity units),
-#: MBL-Net probability summed over 3x3 pixels.
-DEFAULT_THRESHOLDS = {"ncc": 0.3, "decon": 0.1, "mblnet": 0.5}
+
+def is_mb_only(layer) -> bool:
+    """Whether a layer holds MB-DT output (the Translate tool's ``<input> MB-only``)."""
+    return layer is not None and bool(layer.metadata.get(MB_ONLY_KEY, False))
+
+
+def is_normalised(layer) -> bool:
+    """Whether a layer is already in the library's intensity units (a CycleULM denoised or MB-only stack)."""
+    return layer is not None and (is_mb_only(layer) or bool(layer.metadata.get(NORMALISED_KEY, False)))
 
 
 class LocaliseWidget(StageWidget):
@@ -35,63 +41,59 @@ class LocaliseWidget(StageWidget):
         super().__init__(napari_viewer)
         self.image = self.layer_combo("frames", Image)
         self.psf_layer = self.layer_combo("PSF", Image)
-        self.method = ComboBox(label="method", choices=["ncc", "decon", "mblnet"], value="ncc")
+        self.method = ComboBox(label="method", choices=list(LOCALISERS), value="ncc")
         self.model = ModelPicker("mblnet", self.viewer, label="MBL-Net model")
         self.model.visible = False
         self._combos.append(self.model)
-        self.threshold = FloatSpinBox(label="threshold", value=DEFAULT_THRESHOLDS["ncc"], min=0.0, max=1e6, step=0.05)
-        self.method.changed.connect(self._method_changed)
+        self.threshold = FloatSpinBox(label="threshold", value=LOCALISERS["ncc"].threshold_ceus,
+                                      min=0.0, max=1e6, step=0.05)
+        self.method.changed.connect(self._default_threshold)
+        self.image.changed.connect(self._default_threshold)
         self.extend([self.image, self.psf_layer, self.method, *self.model.widgets, self.threshold])
         self.finish_layout()
+        self._default_threshold()
 
-    def _method_changed(self, method: str) -> None:
-        self.threshold.value = DEFAULT_THRESHOLDS[method]
-        self.model.visible = method == "mblnet"
+    def _default_threshold(self, _=None) -> None:
+        """The registry's default for the method on these frames (CEUS or MB-only), as the pipelines use."""
+        entry = LOCALISERS[self.method.value]
+        mb_only = is_mb_only(self.image.value) or entry.threshold_ceus is None
+        self.threshold.value = entry.default_threshold(mb_only)
+        self.threshold.tooltip = entry.threshold_unit
+        self.model.visible = entry.network is not None
 
     def work(self):
-        from ..localise import localise
-
         layer = self.image.value
-        frames = frames_from_layer(layer)
+        stack = stack_from_layer(layer)
         method, threshold = self.method.value, self.threshold.value
-        kw: dict = {}
-        params: dict = {"method": method, "threshold": threshold}
-        if method == "mblnet":
-            ck = self.model.load()
-            kw["model"] = ck
-            params["model"] = str(ck.path) if ck.path else "default"
-            psf = None
-            psf_layer = self.psf_layer.value
-            if psf_layer is not None and PSF_METADATA_KEY in psf_layer.metadata:
-                given = psf_from_layer(psf_layer)
-                # The PSF widget's "MB-only PSF" layer is already shrunk.
-                mb = given if "shrink" in psf_layer.metadata else given.mbonly()
-                warning = check_psf_in_range(mb, ck)
-                if warning:
-                    show_warning(warning)
-        else:
-            psf = psf_from_layer(self.psf_layer.value)
-            if method == "decon":
-                kw["absolute_threshold"] = True
-            params["psf_layer"] = self.psf_layer.value.name
+        entry = LOCALISERS[method]
+        mb_only = is_mb_only(layer)
+        params: dict = {"method": method, "threshold": threshold, "threshold_unit": entry.threshold_unit,
+                        "mb_only_input": mb_only}
+        model = None
+        if entry.network is not None:
+            model = self.model.load()
+            params["model"] = str(model.path) if model.path else "default"
+        psf = None
+        psf_layer = self.psf_layer.value
+        if psf_layer is not None and (entry.needs_psf or PSF_METADATA_KEY in psf_layer.metadata):
+            psf = psf_from_layer(psf_layer)
+            # The PSF tool's "MB-only PSF" layer is already shrunk; a CEUS PSF is shrunk for MB-only frames.
+            if mb_only and "shrink" not in psf_layer.metadata:
+                psf = psf.mbonly()
+            params["psf_layer"] = psf_layer.name
             params["psf"] = psf_params(psf)
-        params.update({k: v for k, v in kw.items() if k != "model"})
+        if entry.needs_psf and psf is None:
+            psf_from_layer(None)  # says how to make one
+        elif psf is not None and model is not None:
+            warning = check_psf_in_range(psf if mb_only else psf.mbonly(), model)
+            if warning:
+                show_warning(warning)
+            psf = None
         self._source, self._params = layer, params
-
-        def run():
-            parts = []
-            n = len(frames)
-            for start, stop, block in iter_blocks(frames, 32):
-                extra = dict(kw)
-                if method == "mblnet":  # neighbours across blocks, for 3-frame networks
-                    extra["before"] = frames[start - 1] if start > 0 else None
-                    extra["after"] = frames[stop] if stop < n else None
-                locs = localise(block, psf, method=method, threshold=threshold, **extra)
-                parts.append(locs.with_columns(frame=locs["frame"] + start))
-                yield Progress(stop, len(frames), f"localise ({method})")
-            return Localisations.concat(parts)
-
-        return run()
+        # Frames made by a CycleULM stage are already normalised; others get the pipelines' run-wide scale.
+        scale = 1.0 if is_normalised(layer) else None
+        return iter_localise(stack, method, psf, threshold=threshold, mb_only=mb_only, scale=scale,
+                             model=model)
 
     def done(self, locs: Localisations) -> None:
         src, method = self._source, self._params["method"]

@@ -21,7 +21,7 @@ from ..progress import Progress
 from ._base import StageWidget
 from ._display import show_localisations, show_tracks
 from ._layers import (
-    RESULT_KEY, add_sr_layers, frames_from_layer, psf_from_layer, result_metadata, result_name,
+    RESULT_KEY, add_sr_layers, psf_from_layer, result_metadata, result_name, stack_from_layer,
 )
 
 
@@ -61,7 +61,7 @@ def pipeline_job(
     """
     from ..models import load_model
 
-    frames = frames_from_layer(layer)
+    frames = stack_from_layer(layer)  # lazy stays lazy: the pipeline reads it block by block
     if pipeline not in PIPELINES:
         raise CycleULMError(f"unknown pipeline {pipeline!r}; choose one of {sorted(PIPELINES)}.")
     psf = psf_from_layer(psf_layer) if psf_layer is not None else "auto"

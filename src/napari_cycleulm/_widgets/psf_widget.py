@@ -25,6 +25,7 @@ from qtpy.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QVBoxLayout
 from .. import __version__
 from ..errors import CycleULMError
 from ..progress import Progress
+from ..tables import Localisations
 from ..psf import (
     RELIABLE_BUBBLES,
     PSFEstimate,
@@ -68,6 +69,10 @@ PICKING_STAGE = "psf picking"
 
 #: The gallery shows at most this many picks (the first ones).
 MAX_TILES = 120
+
+#: Frames searched by the automatic picking (those of :func:`~napari_cycleulm.psf.pick_isolated_bubbles`):
+#: only they are read from a long stack.
+AUTO_PICK_FRAMES = 200
 #: Patch half-size of the gallery tiles before an estimate has measured one.
 DEFAULT_TILE_RADIUS = 8
 
@@ -247,6 +252,22 @@ class _NotEstimated:
 class _AutoPicked:
     points: np.ndarray
     image: Image
+
+
+def clicked_frames(image: Image, points: Localisations) -> tuple[np.ndarray, Localisations]:
+    """Only the frames holding clicked bubbles, and the points renumbered into them.
+
+    The PSF is measured on a few frames of what may be a 25,000-frame stack
+    opened lazily: reading just those frames keeps memory small.
+    """
+    n = int(image.data.shape[0]) if image.data.ndim == 3 else 1
+    wanted = np.round(points["frame"]).astype(np.int64)
+    inside = (wanted >= 0) & (wanted < n)
+    used = np.unique(wanted[inside])
+    frames = frames_from_layer(image, frames=used if len(used) else slice(0, 1))
+    # Points outside the stack keep an impossible frame, so the estimator rejects them with its message.
+    renumbered = np.where(inside, np.searchsorted(used, wanted), len(used) + 1 + np.abs(wanted))
+    return frames, points.with_columns(frame=renumbered.astype(float))
 
 
 def _metadata(stage: str, source: Image, params: dict, **extra) -> dict:
@@ -461,7 +482,7 @@ class PSFWidget(StageWidget):
         """
         try:
             image = self._check_image()
-            frames = frames_from_layer(image)
+            frames = frames_from_layer(image, frames=slice(0, AUTO_PICK_FRAMES))
             pts = pick_isolated_bubbles(frames, n=int(self.n_auto.value))
         except Exception as exc:  # noqa: BLE001 - every failure becomes a notification
             self._fail(str(exc))
@@ -626,7 +647,6 @@ class PSFWidget(StageWidget):
         if self._job == "auto":
             return self._auto_work()
         image = self._check_image()
-        frames = frames_from_layer(image)
         layer = self.points.value
         if layer is None:
             raise CycleULMError("no bubbles layer: press 'New picking layer' and click on isolated bubbles, "
@@ -642,6 +662,7 @@ class PSFWidget(StageWidget):
         self.new_button.enabled = False
         params = {"points_layer": layer.name, "points": points.positions.round(3).tolist(),
                   "pixel_size_um": px, "shrink_factor": shrink}
+        frames, points = clicked_frames(image, points)
 
         def run():
             yield Progress(0, 1, "estimating the PSF")
@@ -660,7 +681,7 @@ class PSFWidget(StageWidget):
 
     def _auto_work(self):
         image = self._check_image()
-        frames = frames_from_layer(image)
+        frames = frames_from_layer(image, frames=slice(0, AUTO_PICK_FRAMES))
         n = int(self.n_auto.value)
         self.auto_button.enabled = False
         self.new_button.enabled = False

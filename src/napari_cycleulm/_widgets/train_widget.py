@@ -18,7 +18,7 @@ from ..checkpoint import load_checkpoint
 from ..errors import CycleULMError
 from ..progress import Progress
 from ..roi import count_patches, rois_to_mask
-from ..train import TrainResult, iter_train_mbdt
+from ..train import FINETUNE_MAX_FRAMES, TrainResult, iter_train_mbdt
 from ._base import StageWidget
 from ._layers import PSF_METADATA_KEY, add_or_replace, frames_from_layer, psf_from_layer
 from ._model_picker import record_trained_model
@@ -190,7 +190,8 @@ class TrainWidget(StageWidget):
     # -- running ------------------------------------------------------------------
     def work(self):
         layer = self.image.value
-        frames = frames_from_layer(layer)
+        # MB-DT learns from patches of a few thousand frames at most: a long stack is not read whole.
+        frames = frames_from_layer(layer, frames=slice(0, FINETUNE_MAX_FRAMES))
         if self.psf_layer.value is None:
             raise CycleULMError(
                 "no PSF: MB-DT training needs the CEUS PSF of this data; estimate it with the "

@@ -10,7 +10,7 @@ from napari.layers import Image
 from ..progress import Progress
 from ..translate import iter_translate
 from ._base import StageWidget
-from ._layers import add_result, frames_from_layer, geometry_of, result_metadata, result_name
+from ._layers import add_result, geometry_of, result_buffer, result_metadata, result_name, stack_from_layer
 from ._model_picker import ModelPicker
 
 #: Layer metadata flag set on MB-only stacks (the E2E widget reads it).
@@ -33,14 +33,14 @@ class TranslateWidget(StageWidget):
 
     def work(self):
         layer = self.image.value
-        frames = frames_from_layer(layer)
+        frames = stack_from_layer(layer)
         ck = self.model.load()
         block = self.block_size.value
         self._source = layer
         self._params = {"model": str(ck.path) if ck.path else "default", "block_size": block}
 
         def run():
-            out = np.empty(frames.shape, np.float32)
+            out = result_buffer(tuple(frames.shape), np.float32)
             n = len(frames)
             yield Progress(0, n, "translate")
             for start, stop, mb in iter_translate(frames, ck, block_size=block):
@@ -53,7 +53,9 @@ class TranslateWidget(StageWidget):
     def done(self, mb: np.ndarray) -> None:
         src = self._source
         meta = result_metadata("translate", src, self._params, **{MB_ONLY_KEY: True})
-        hi = float(np.percentile(mb, 99.9)) if mb.size else 1.0
+        # Contrast from a few frames: the stack may be a memory map larger than RAM.
+        step = max(1, len(mb) // 20)
+        hi = float(np.percentile(np.asarray(mb[::step]), 99.9)) if mb.size else 1.0
         add_result(self.viewer, "image", mb, result_name(src.name, "MB-only"), mode=self.rerun_mode,
                    metadata=meta, colormap="magma", contrast_limits=(0.0, max(hi, 1e-6)), **geometry_of(src))
         self.status.value = f"{len(mb)} frames translated"
