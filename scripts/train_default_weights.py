@@ -66,6 +66,17 @@ SIGMA_RANGE_PX = DEFAULT_GENERALIST_SIGMA_RANGE_PX
 #: (ultrasound PSFs are nearly axis-aligned), speeds 0-2 px/frame.
 GENERALIST_CONFIG = SyntheticConfig(sigma_range_px=SIGMA_RANGE_PX, theta_range_rad=(-0.2, 0.2))
 
+#: MBL-Net's MB-only PSF range (per axis, pixels).  Real CEUS PSFs span about
+#: 2-10 px FWHM (lambda/2 to lambda/5 pixels); MB-DT halves them, so MB-only
+#: FWHMs of 1-5 px, sigmas of 0.42-2.12 px.  0.4-2.3 covers that with a margin.
+MBLNET_SIGMA_RANGE_PX = ((0.4, 2.3), (0.4, 2.3))
+
+#: MBL-Net sees MB-DT's output, never a perfectly clean image: weak Gaussian
+#: noise (2 % of the brightest bubble) teaches it to ignore the faint residue
+#: MB-DT leaves, and intensities down to 0.1 keep dim bubbles detectable.
+MBLNET_CONFIG = SyntheticConfig(sigma_range_px=MBLNET_SIGMA_RANGE_PX, theta_range_rad=(-0.2, 0.2),
+                                noise_std=0.02)
+
 #: Default steps.  Measured on 2 CPU cores (quiet machine): MBL-Net ~0.18 s/step
 #: (batch 16), MBT-Net ~1.0-1.2 s/step (batch 8), MB-DT ~0.15 s/step (batch 8).
 STEPS = {"mblnet": 5000, "mbtnet": 2000, "mbdt": 3000}
@@ -86,6 +97,8 @@ MBDT_VALIDATION = (-12.0, 30.0, (200.0, 300.0), 999)
 
 #: PSFs the generalists are validated on (MB-only sigmas, pixels).
 VALIDATION_SIGMAS = [(0.5, 0.5), (1.0, 1.0), (1.0, 1.5), (1.5, 2.0), (2.5, 2.5)]
+#: MBL-Net is validated over the MB-only PSFs of CEUS FWHMs 2, 4, 6, 8 and 10 px (and an anisotropic one).
+MBLNET_VALIDATION_SIGMAS = [(0.425, 0.425), (0.85, 0.85), (1.27, 1.27), (1.7, 1.7), (2.12, 2.12), (0.85, 1.7)]
 
 
 def _sim(setting, n_frames, size):
@@ -115,19 +128,23 @@ def _clean(d):
     return d
 
 
-def train_generalist(kind, steps, out_dir, seed, quick, device):
+def train_generalist(kind, steps, out_dir, seed, quick, device, init=None, lr=None):
     fn = train_mblnet if kind == "mblnet" else train_mbtnet
+    sigma_range, config, sigmas = (
+        (MBLNET_SIGMA_RANGE_PX, MBLNET_CONFIG, MBLNET_VALIDATION_SIGMAS) if kind == "mblnet"
+        else (SIGMA_RANGE_PX, GENERALIST_CONFIG, VALIDATION_SIGMAS)
+    )
     out = out_dir / f"{kind}_default.pt"
-    print(f"{kind}: {steps} steps, sigma range {SIGMA_RANGE_PX} px -> {out}", flush=True)
+    print(f"{kind}: {steps} steps, sigma range {sigma_range} px, init {init} -> {out}", flush=True)
     t0 = time.perf_counter()
-    res = fn(sigma_range_px=SIGMA_RANGE_PX, synthetic_config=GENERALIST_CONFIG, steps=steps,
-             out=out, seed=seed, init=None, checkpoint_every=500, device=device,
-             progress=lambda ev: _log(ev, kind))
+    res = fn(sigma_range_px=sigma_range, synthetic_config=config, steps=steps,
+             out=out, seed=seed, init=init, checkpoint_every=500, device=device,
+             progress=lambda ev: _log(ev, kind), **({} if lr is None else {"lr": lr}))
     seconds = time.perf_counter() - t0
     validate = validate_mblnet if kind == "mblnet" else validate_mbtnet
     n = 16 if quick else (256 if kind == "mblnet" else 64)
-    val = {"range": validate(res.model, SIGMA_RANGE_PX, n=n, device=device)}
-    for sy, sx in VALIDATION_SIGMAS:
+    val = {"range": validate(res.model, sigma_range, n=n, device=device)}
+    for sy, sx in sigmas:
         val[f"sigma_{sy}_{sx}"] = validate(res.model, PSF(sy, sx), n=n, device=device)
     for k, v in val.items():
         print(f"  {kind} validation {k}: " + ", ".join(
@@ -137,7 +154,7 @@ def train_generalist(kind, steps, out_dir, seed, quick, device):
         "seconds_per_step": round(seconds / max(res.steps_done, 1), 4),
         "batch_size": res.config["batch_size"], "lr": res.config["lr"],
         "patch_size": res.config["patch_size"], "parameters": count_parameters(res.model),
-        "sigma_range_px": [list(r) for r in SIGMA_RANGE_PX],
+        "sigma_range_px": [list(r) for r in sigma_range], "init": str(init),
         "synthetic_config": res.config["synthetic_config"],
         "final_losses": {k: float(np.mean(v[-50:])) for k, v in res.history.items() if k != "step"},
         "validation": val, "validation_seed": 12345,
@@ -231,6 +248,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     ap.add_argument("--quick", action="store_true", help="a few steps of each, for testing")
+    ap.add_argument("--init", default=None,
+                    help="MBL-Net / MBT-Net start: 'default' (the shipped weights) or a checkpoint (default: scratch)")
+    ap.add_argument("--lr", type=float, default=None, help="learning rate of MBL-Net / MBT-Net (default: the trainer's)")
     ap.add_argument("--ship", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
                     help="only copy these trained checkpoints into --out without optimiser state")
     args = ap.parse_args(argv)
@@ -268,7 +288,7 @@ def main(argv=None) -> int:
                                                           args.device, args.mbdt_config, args.count_factor)
         else:
             report["networks"][kind] = train_generalist(kind, steps, args.out, args.seed,
-                                                        args.quick, args.device)
+                                                        args.quick, args.device, args.init, args.lr)
         # Written after every network, so a long run that is stopped keeps what it finished.
         report["total_seconds"] = round(time.perf_counter() - t_all, 1)
         write_text_atomic(args.report, json.dumps(_clean(report), indent=1) + "\n")
