@@ -8,8 +8,9 @@ Opens the sample in a real napari window and drives the main *CycleULM
 workflow* dock as a user would: load the sample, click on isolated bubbles
 (simulated clicks 1-2 px off bright, isolated ground-truth bubbles, which snap
 to the bubble), estimate the PSF, fine-tune MB-DT on an ROI, run the six
-pipelines, compare the SR maps side by side, evaluate (CNR, FWHM, accuracy
-against the ground truth) and export.  After each step it saves a screenshot
+pipelines (the layer list is shot after the first two), compare the SR maps
+side by side, evaluate (CNR, FWHM, accuracy against the ground truth) and
+export.  After each step it saves a screenshot
 of the whole window in ``--out`` and the wall time of the step in
 ``--out/workflow_timings.json`` (the user guide, docs/napari.md, shows both).
 """
@@ -68,7 +69,12 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_cycleulm.pipeline import PIPELINES
+    from napari_cycleulm._widgets._layers import parse_result_name, result_name
     from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME
+
+    def is_density(layer) -> bool:
+        parsed = parse_result_name(layer.name)
+        return parsed is not None and parsed[1] == "SR density"
 
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
@@ -129,22 +135,24 @@ def main(argv=None) -> int:
     timings[f"3 fine-tune MB-DT, {args.steps} steps"] = _run(app, train_w)
     shot("03_finetune.png", train_w)
 
-    # 4. every pipeline from the dock
+    # 4. every pipeline from the dock; the layer list after the first two runs
     dock.block_size.value = args.block_size
-    for name in PIPELINES:
+    for i, name in enumerate(PIPELINES):
         dock.pipeline.value = name
         timings[f"4 pipeline {name}"] = _run(app, dock)
+        if i == 1:
+            shot("10_layer_list_two_runs.png")
     for layer in viewer.layers:
         layer.visible = False
     image.visible = True
-    viewer.layers["CEUS sample SR density [cycleulm-loc]"].visible = True
+    viewer.layers[result_name(image.name, "SR density", "cycleulm-loc")].visible = True
     viewer.dims.set_point(0, 100)
     viewer.reset_view()
     shot("04_pipeline_results.png")
 
     # side by side: the six SR density maps in napari's grid mode
     for layer in viewer.layers:
-        layer.visible = " SR density [" in layer.name
+        layer.visible = is_density(layer)
     viewer.grid.enabled = True
     viewer.grid.shape = (2, 3)
     viewer.grid.stride = 1
@@ -186,7 +194,7 @@ def main(argv=None) -> int:
     acc.ground_truth.reset_choices()
     acc.ground_truth.value = gt_layer
     acc.detections.reset_choices()
-    acc.detections.value = [la for la in viewer.layers if " localisations [" in la.name]
+    acc.select_localisation_layers()
     acc.sweep.value = True
     timings["5 evaluate: accuracy table + PR sweep (5 methods)"] = _run(app, acc)
     ev.tabs.setCurrentIndex(2)
@@ -199,7 +207,7 @@ def main(argv=None) -> int:
     timings["6 export TIFF + PNG + CSV"] = _run(app, ex)
     for layer in viewer.layers:
         layer.visible = False
-    viewer.layers["CEUS sample SR density [cycleulm-loc]"].visible = True
+    viewer.layers[result_name(image.name, "SR density", "cycleulm-loc")].visible = True
     shot("09_export.png", ex)
 
     timings = {k: round(v, 2) for k, v in timings.items()}

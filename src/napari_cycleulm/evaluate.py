@@ -454,15 +454,16 @@ def compare_fwhm(frames: Mapping[str, object], vertices, *, pixel_size_um=None,
 # --------------------------------------------------------------------------
 # Localisation accuracy
 # --------------------------------------------------------------------------
-_METHOD = re.compile(r"\[([^\[\]]+)\][^\[\]]*$")
+_METHOD = re.compile(r"^\[([^\[\]]+)\] ")
 
 
 def method_from_name(name: str) -> str:
-    """The method in a result layer name: ``"CEUS localisations [ncc] (2)"`` -> ``"ncc"``.
+    """The method in a result layer name: ``"[ncc] CEUS localisations (2)"`` -> ``"ncc"``.
 
-    Names without ``[...]`` are returned unchanged.
+    The method is the leading ``[...]`` tag of the napari plugin's result
+    names; names without one are returned unchanged.
     """
-    m = _METHOD.search(str(name))
+    m = _METHOD.match(str(name))
     return m.group(1) if m else str(name)
 
 
@@ -508,7 +509,7 @@ def score_localisations(
     -------
     list of dict
         One row per table with the keys of :data:`SCORE_COLUMNS`
-        (``method`` parsed from ``"... [method]"`` names; ``mean_error_*`` NaN
+        (``method`` parsed from ``"[method] ..."`` names; ``mean_error_*`` NaN
         without matches, ``mean_error_um`` None without pixel size).
 
     Raises

@@ -210,7 +210,7 @@ def map_style(name: str) -> tuple[str, float, float]:
 
 
 def safe_filename(name: str) -> str:
-    """A file-name stem from a layer name: ``"CEUS SR density [ncc]"`` -> ``"CEUS_SR_density_ncc"``."""
+    """A file-name stem from a layer name: ``"[ncc] CEUS SR density"`` -> ``"ncc_CEUS_SR_density"``."""
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._")
     return stem or "layer"
 

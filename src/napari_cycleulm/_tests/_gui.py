@@ -21,3 +21,16 @@ def run_widget(qtbot, widget, timeout: int = 120_000):
     wait_for_worker(qtbot, widget, timeout)
     assert widget.last_error is None, widget.last_error
     return worker
+
+
+def elide_middle(name: str, chars: int = 25) -> str:
+    """What napari's layer list shows of a long layer name: its start and its end.
+
+    napari 0.9.2's layer delegate elides names in the middle
+    (``Qt.TextElideMode.ElideMiddle``); a list about 250 px wide shows about
+    25 characters, about 12 on each side of the ellipsis.
+    """
+    if len(name) <= chars:
+        return name
+    head = (chars - 1) // 2
+    return name[:head] + "…" + name[-(chars - 1 - head):]

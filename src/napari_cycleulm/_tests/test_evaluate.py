@@ -177,7 +177,7 @@ def test_score_localisations_on_constructed_points():
     })
     # gt 0 takes det 4 (error 0, beating det 0 at 0.5), gt 1 det 1 (0.6), gt 2 det 2 (0);
     # det 0 and det 3 (far) are false positives, gt 3 is missed
-    rows = score_localisations(gt, {"CEUS localisations [ncc]": det, "CEUS localisations [decon] (2)": det.select([])},
+    rows = score_localisations(gt, {"[ncc] CEUS localisations": det, "[decon] CEUS localisations (2)": det.select([])},
                                tolerance=1.0, pixel_size_um=50.0)
     a, b = rows
     assert list(a) == list(SCORE_COLUMNS)
@@ -212,8 +212,9 @@ def test_sweep_raises_precision_with_the_threshold_and_needs_scores():
 
 
 def test_method_from_name():
-    assert method_from_name("CEUS sample localisations [cycleulm-loc]") == "cycleulm-loc"
-    assert method_from_name("x localisations [ncc] (3)") == "ncc"
+    assert method_from_name("[cycleulm-loc] CEUS sample localisations") == "cycleulm-loc"
+    assert method_from_name("[ncc] x localisations (3)") == "ncc"
+    assert method_from_name("[ncc] scan [2] localisations") == "ncc"  # the leading tag, not a bracket in the source
     assert method_from_name("my points") == "my points"
 
 
@@ -236,8 +237,8 @@ def test_plots_draw_one_line_per_profile_and_curve():
     assert len(ax.lines) == 3  # two profiles and the half-maximum guide
     assert "um" in ax.get_xlabel()
     assert "FWHM" in ax.get_legend().get_texts()[0].get_text()
-    sweeps = {"x [a]": [{"recall": 0.1, "precision": 1.0}, {"recall": 0.5, "precision": 0.6}]}
-    plot_precision_recall(ax, sweeps, {"x [a]": (0.5, 0.6)})
+    sweeps = {"[a] x": [{"recall": 0.1, "precision": 1.0}, {"recall": 0.5, "precision": 0.6}]}
+    plot_precision_recall(ax, sweeps, {"[a] x": (0.5, 0.6)})
     assert len(ax.lines) == 2 and ax.get_legend().get_texts()[0].get_text() == "a"
 
 

@@ -132,8 +132,8 @@ def test_accuracy_table_and_precision_recall_plot(eval_viewer, qtbot, tmp_path):
     gt = np.array([[0, 10, 10], [0, 20, 20], [1, 10, 10], [1, 30, 30]], float)
     det_a = np.array([[0, 10.3, 10.4], [0, 20, 20.6], [1, 10, 10], [1, 50, 50]], float)
     gt_layer = viewer.add_points(gt, name="CEUS ground truth", metadata={"pixel_size_um": 50.0})
-    a = viewer.add_points(det_a, name="CEUS localisations [ncc]", features={"score": [0.9, 0.8, 0.7, 0.1]})
-    b = viewer.add_points(gt[:2], name="CEUS localisations [decon]")
+    a = viewer.add_points(det_a, name="[ncc] CEUS localisations", features={"score": [0.9, 0.8, 0.7, 0.1]})
+    b = viewer.add_points(gt[:2], name="[decon] CEUS localisations")
     viewer.add_points(gt, name="other points")
     w = EvaluateWidget(viewer)
     acc = w.accuracy
@@ -154,8 +154,8 @@ def test_accuracy_table_and_precision_recall_plot(eval_viewer, qtbot, tmp_path):
     acc.table.table.selectRow(i)
     qtbot.keyClick(acc.table.table, Qt.Key.Key_C, Qt.KeyboardModifier.ControlModifier)
     copied = QApplication.clipboard().text().splitlines()
-    assert copied[0].startswith("layer\tmethod") and copied[1].startswith("CEUS localisations [ncc]\tncc")
-    assert list(acc.sweeps) == ["CEUS localisations [ncc]"]  # decon has no score: left out
+    assert copied[0].startswith("layer\tmethod") and copied[1].startswith("[ncc] CEUS localisations\tncc")
+    assert list(acc.sweeps) == ["[ncc] CEUS localisations"]  # decon has no score: left out
     assert not acc.plot.native.isHidden() and len(acc.plot.ax.lines) == 2
     target = tmp_path / "pr.png"
     acc.plot.ask_path = lambda: str(target)
@@ -183,9 +183,9 @@ def test_accuracy_mistakes(eval_viewer, qtbot):
     w.accuracy.ground_truth.value = viewer.layers["CEUS ground truth"]
     w.accuracy.detections.value = []
     assert "no localisation layer" in press(qtbot, w.accuracy)
-    viewer.add_points(np.array([[0, 1, 1.0]]), name="CEUS localisations [x]")
+    viewer.add_points(np.array([[0, 1, 1.0]]), name="[x] CEUS localisations")
     w.accuracy.sweep.value = True
-    assert w.accuracy.detections.value == [viewer.layers["CEUS localisations [x]"]]  # joins when added
+    assert w.accuracy.detections.value == [viewer.layers["[x] CEUS localisations"]]  # joins when added
     assert "'score'" in press(qtbot, w.accuracy)
 
 

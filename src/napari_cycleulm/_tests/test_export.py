@@ -120,7 +120,7 @@ def test_scale_bar_lengths_and_map_styles_and_file_names():
     assert nice_scale_bar_mm(2000, 12.5) == 5.0
     assert map_style("sr_density")[0] == "hot" and map_style("sr_velocity")[0] == "turbo"
     assert map_style("sr_axial_velocity")[0] == "RdBu_r" and map_style("sr_direction")[0] == "twilight"
-    assert safe_filename("CEUS sample SR density [ncc] (2)") == "CEUS_sample_SR_density_ncc_2"
+    assert safe_filename("[ncc] CEUS sample SR density (2)") == "ncc_CEUS_sample_SR_density_2"
 
 
 def test_pixel_size_from_layer_state():

@@ -51,11 +51,11 @@ def export_viewer(make_napari_viewer):
     r = SRRenderer((16, 20), upsampling=4)
     r.add_tracks(tracks)
     result = {"cycleulm": {"stage": "render", "source": "CEUS"}, GENERATED_KEY: True, **UNITS}
-    density = viewer.add_image(r.density(), name="CEUS SR density [x]", colormap="hot", contrast_limits=(0, 2),
+    density = viewer.add_image(r.density(), name="[x] CEUS SR density", colormap="hot", contrast_limits=(0, 2),
                                scale=(0.25, 0.25), metadata={**result, "upsampling": 4, "sr_pixel_size_um": 12.5})
-    points = viewer.add_points(tracks.positions, name="CEUS localisations [x]",
+    points = viewer.add_points(tracks.positions, name="[x] CEUS localisations",
                                features={"score": np.linspace(0, 1, 20)}, metadata=result)
-    tr = viewer.add_tracks(np.column_stack([tracks["track_id"], tracks.positions]), name="CEUS tracks [x]",
+    tr = viewer.add_tracks(np.column_stack([tracks["track_id"], tracks.positions]), name="[x] CEUS tracks",
                            features={"vy": tracks["vy"], "vx": tracks["vx"]}, metadata=result)
     return viewer, ceus, density, points, tr
 
@@ -70,22 +70,22 @@ def test_export_results_as_tiff_png_and_csv(export_viewer, qtbot, tmp_path):
     w.physical.value = True
     assert press(qtbot, w) is None
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["CEUS_SR_density_x.png", "CEUS_SR_density_x.tif", "CEUS_localisations_x.csv",
-                     "CEUS_tracks_x.csv", "export.json"]
-    tif = read_map_tiff(tmp_path / "CEUS_SR_density_x.tif")
+    assert names == ["export.json", "x_CEUS_SR_density.png", "x_CEUS_SR_density.tif", "x_CEUS_localisations.csv",
+                     "x_CEUS_tracks.csv"]
+    tif = read_map_tiff(tmp_path / "x_CEUS_SR_density.tif")
     np.testing.assert_array_equal(tif.data, density.data)
     assert tif.pixel_size_um == pytest.approx(12.5)
     # as displayed: hot colormap over contrast limits (0, 2); 80 px of 12.5 um -> a 0.2 mm bar (16 px)
-    png = mpimg.imread(tmp_path / "CEUS_SR_density_x.png")[..., :3]
+    png = mpimg.imread(tmp_path / "x_CEUS_SR_density.png")[..., :3]
     assert png.shape[:2] == density.data.shape
     y, x = np.argwhere(density.data == 1)[0]
     np.testing.assert_allclose(png[y, x], density.colormap.map(np.array([0.5]))[0, :3], atol=0.02)
-    assert _bar_length(tmp_path / "CEUS_SR_density_x.png") == pytest.approx(16, abs=1)
-    locs = read_table(tmp_path / "CEUS_localisations_x.csv")
+    assert _bar_length(tmp_path / "x_CEUS_SR_density.png") == pytest.approx(16, abs=1)
+    locs = read_table(tmp_path / "x_CEUS_localisations.csv")
     np.testing.assert_allclose(locs.positions, points.data)
     np.testing.assert_allclose(locs["score"], np.linspace(0, 1, 20), atol=1e-6)
     np.testing.assert_allclose(locs["x_um"], points.data[:, 2] * 50)
-    t = read_table(tmp_path / "CEUS_tracks_x.csv")
+    t = read_table(tmp_path / "x_CEUS_tracks.csv")
     assert isinstance(t, Tracks) and t.n_tracks == 2
     np.testing.assert_allclose(t["speed_mm_s"], np.hypot(t["vy"], t["vx"]) * 50 * 500 / 1000)
     manifest = json.loads((tmp_path / "export.json").read_text())

@@ -17,19 +17,60 @@ from napari.layers import Image, Points  # noqa: E402
 
 import napari_cycleulm  # noqa: E402
 from napari_cycleulm.errors import CycleULMError  # noqa: E402
+from napari_cycleulm._tests._gui import elide_middle  # noqa: E402
 from napari_cycleulm.render import SRRenderer  # noqa: E402
 from napari_cycleulm.tables import Tracks  # noqa: E402
 from napari_cycleulm._widgets._layers import (  # noqa: E402
-    GENERATED_KEY, RERUN_MODES, RESULT_KEY, add_result, add_sr_layers, geometry_of, origin_of, result_metadata,
-    result_name, sr_layer_kwargs, to_layer_coords,
+    GENERATED_KEY, METHOD_RESULTS, RERUN_MODES, RESULT_KEY, SR_MAPS, add_result, add_sr_layers, geometry_of,
+    is_sr_map, origin_of, parse_result_name, result_metadata, result_name, sr_layer_kwargs, to_layer_coords,
 )
+from napari_cycleulm.pipeline import PIPELINES  # noqa: E402
+from napari_cycleulm.stages import LOCALISERS  # noqa: E402
 
 
 def test_result_name_follows_the_convention():
     assert result_name("CEUS sample", "MB-only") == "CEUS sample MB-only"
-    assert result_name("CEUS sample", "localisations", "ncc") == "CEUS sample localisations [ncc]"
-    assert result_name("a b", "SR density", "cycleulm-loc") == "a b SR density [cycleulm-loc]"
+    assert result_name("CEUS sample", "denoised") == "CEUS sample denoised"
+    assert result_name("CEUS sample", "localisations", "ncc") == "[ncc] CEUS sample localisations"
+    assert result_name("a b", "SR density", "cycleulm-loc") == "[cycleulm-loc] a b SR density"
     assert RERUN_MODES == ("replace", "add numbered")
+
+
+def test_result_names_read_back_and_only_conventional_names_parse():
+    for method in (*PIPELINES, *LOCALISERS):
+        for what in METHOD_RESULTS:
+            for source in ("CEUS sample", "a [b] localisations", "x"):
+                name = result_name(source, what, method)
+                assert parse_result_name(name) == (source, what, method)
+                assert parse_result_name(f"{name} (12)") == (source, what, method)  # 'add numbered'
+    for name in ("CEUS sample MB-only", "CEUS sample localisations [ncc]", "[ncc] CEUS sample MIP",
+                 "[ncc] localisations", "[ncc]CEUS tracks", "[ncc] CEUS tracks (x)", "clicks"):
+        assert parse_result_name(name) is None, name
+
+
+def test_every_result_of_every_method_is_told_apart_in_the_elided_layer_list():
+    """The layer list keeps a long name's start and end: pipeline first, what it holds last."""
+    shown = {}
+    for method in (*PIPELINES, *LOCALISERS):
+        for what in METHOD_RESULTS:
+            name = result_name("CEUS acquisition 2024-05-17 rat 3", what, method)
+            text = elide_middle(name)
+            assert text.startswith(f"[{method}"[:12]) and text.endswith(what[-12:]), text
+            assert text not in shown, (name, shown.get(text))
+            shown[text] = name
+
+
+def test_sr_maps_are_known_by_their_record_else_by_their_name():
+    viewer = ViewerModel()
+    ref = viewer.add_image(np.zeros((2, 8, 10)), name="ceus")
+    renderer = SRRenderer((8, 10), upsampling=2)
+    maps = renderer.result()
+    layers = add_sr_layers(viewer, maps, "ceus", "ncc", ref, result_metadata("render", ref), direction=True)
+    layers[0].name = "my favourite map"  # renamed: the record still says what it is
+    assert all(is_sr_map(layer) for layer in layers) and not is_sr_map(ref)
+    assert is_sr_map(Image(np.zeros((4, 4)), name=result_name("ceus", SR_MAPS[1], "x")))
+    assert not is_sr_map(Image(np.zeros((4, 4)), name="ceus SR density"))  # no method tag, no record
+    assert not is_sr_map(Points(np.zeros((1, 2)), name=result_name("ceus", "SR density", "x")))
 
 
 def test_replace_updates_our_layer_in_place_and_keeps_display_settings():
@@ -100,7 +141,8 @@ def test_origin_follows_the_chain_of_results():
     assert tracks_meta[RESULT_KEY]["origin"] == "ceus" and tracks_meta[RESULT_KEY]["method"] == "decon"
     assert tracks_meta[RESULT_KEY]["source"] == "whatever I renamed it"
     # Without a record: the conventional name, else the layer itself.
-    assert origin_of(Points(np.zeros((1, 3)), name="a b localisations [ncc] (2)")) == ("a b", "ncc")
+    assert origin_of(Points(np.zeros((1, 3)), name="[ncc] a b localisations (2)")) == ("a b", "ncc")
+    assert origin_of(Points(np.zeros((1, 3)), name="[decon] a b tracks")) == ("a b", "decon")
     assert origin_of(Points(np.zeros((1, 3)), name="clicks")) == ("clicks", None)
     assert origin_of(None) == (None, None)
 
@@ -121,8 +163,8 @@ def test_sr_layers_overlay_the_reference_pixel_centres():
     maps = renderer.result()
     meta = result_metadata("render", ref, {"upsampling": 4})
     layers = add_sr_layers(viewer, maps, "ceus", "ncc", ref, meta, direction=True)
-    assert [layer.name for layer in layers] == ["ceus SR density [ncc]", "ceus SR velocity [ncc]",
-                                                "ceus SR direction [ncc]"]
+    assert [layer.name for layer in layers] == ["[ncc] ceus SR density", "[ncc] ceus SR velocity",
+                                                "[ncc] ceus SR direction"]
     assert [layer.colormap.name for layer in layers] == ["hot", "turbo", "twilight"]
     density = layers[0]
     np.testing.assert_allclose(density.scale, [0.5, 0.75])

@@ -100,12 +100,12 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, tmp_path):
     for name in PIPELINES:
         dock.pipeline.value = name
         run_widget(qtbot, dock, timeout=600_000)
-        density = viewer.layers[f"CEUS 40 SR density [{name}]"]
+        density = viewer.layers[f"[{name}] CEUS 40 SR density"]
         assert density.data.max() > 0 and density.colormap.name == "hot"
         assert density.metadata["cycleulm"]["source"] == "CEUS 40"
         np.testing.assert_allclose(density.scale[-2:], np.asarray(stack.scale[-2:]) / 4)
         if PIPELINES[name].localise != "e2e":
-            assert len(viewer.layers[f"CEUS 40 localisations [{name}]"].data) > 0
+            assert len(viewer.layers[f"[{name}] CEUS 40 localisations"].data) > 0
 
     # 5. MB-only frames for the evaluation
     _, tr = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Translate to MB-only (MB-DT)")
@@ -139,7 +139,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, tmp_path):
     acc.ground_truth.reset_choices()
     acc.ground_truth.value = gt_layer
     acc.detections.reset_choices()
-    acc.detections.value = [la for la in viewer.layers if " localisations [" in la.name]
+    acc.select_localisation_layers()  # the '[pipeline] ... localisations' layers
     acc.sweep.value = True
     acc.run_button.native.click()
     wait_for_worker(qtbot, acc)
@@ -156,7 +156,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, tmp_path):
     assert ex.last_error is None, ex.last_error
     files = {p.name for p in (tmp_path / "export").iterdir()}
     for name in PIPELINES:
-        stem = f"CEUS_40_SR_density_{name}"
+        stem = f"{name}_CEUS_40_SR_density"
         assert {f"{stem}.tif", f"{stem}.png"} <= files, sorted(files)
     assert any(f.endswith(".csv") and "tracks" in f for f in files)
     manifest = json.loads((tmp_path / "export" / "export.json").read_text())

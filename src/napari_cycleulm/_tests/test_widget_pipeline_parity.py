@@ -71,7 +71,7 @@ def test_denoise_then_localise_widgets_give_the_baseline_pipeline_localisations(
     loc.psf_layer.value = psf_layer
     loc.method.value = method
     run_widget(qtbot, loc)
-    got = _table(viewer.layers[f"CEUS sample denoised localisations [{method}]"])
+    got = _table(viewer.layers[f"[{method}] CEUS sample denoised localisations"])
 
     want = run_pipeline(image.data, pipeline, psf).localisations
     assert len(want) > 20
@@ -91,7 +91,7 @@ def test_translate_then_localise_widgets_give_cycleulm_loc(viewer_with_sample, q
     loc.psf_layer.value = psf_layer
     loc.method.value = "mblnet"
     run_widget(qtbot, loc)
-    got = _table(viewer.layers["CEUS sample MB-only localisations [mblnet]"])
+    got = _table(viewer.layers["[mblnet] CEUS sample MB-only localisations"])
 
     want = run_pipeline(image.data, "cycleulm-loc", psf).localisations
     assert len(want) > 20
@@ -104,7 +104,7 @@ def test_e2e_widget_gives_the_cycleulm_e2e_maps(viewer_with_sample, qtbot):
     e2e.image.value = image
     e2e.block_size.value = 16
     run_widget(qtbot, e2e)
-    got = viewer.layers["CEUS sample SR density [cycleulm-e2e]"].data
+    got = viewer.layers["[cycleulm-e2e] CEUS sample SR density"].data
 
     want = run_pipeline(image.data, "cycleulm-e2e", psf, pixel_size_um=50.0, frame_rate_hz=500.0).maps
     assert want.density.max() > 0

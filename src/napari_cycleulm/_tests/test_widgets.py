@@ -132,8 +132,11 @@ def test_stage_widgets_chain_from_denoise_to_render(sample_viewer, qtbot):
     loc.image.value = small
     loc.psf_layer.value = psf_layer
     run_widget(qtbot, loc)
-    points = viewer.layers["short localisations [ncc]"]
+    points = viewer.layers["[ncc] short localisations"]
     assert len(points.data) > 50
+    # Hidden, like every localisations and tracks layer; the status line says so.
+    assert not points.visible and loc.status.value == (
+        f"{len(points.data)} localisations in '[ncc] short localisations' (hidden: tick its eye to show it)")
     assert "score" in points.features.columns
     params = _check_record(points, "localise", "short", "short", "ncc")
     assert params["threshold"] == loc.threshold.value and params["psf_layer"] == "short PSF"
@@ -146,9 +149,10 @@ def test_stage_widgets_chain_from_denoise_to_render(sample_viewer, qtbot):
     tr = TrackWidget(viewer)
     tr.points.value = points
     run_widget(qtbot, tr)
-    tracks = viewer.layers["short tracks [ncc]"]
+    tracks = viewer.layers["[ncc] short tracks"]
     assert tracks.data.shape[1] == 4
-    assert _check_record(tracks, "track", "short localisations [ncc]", "short", "ncc")["max_gap"] == 1
+    assert not tracks.visible and "'[ncc] short tracks' (hidden" in tr.status.value
+    assert _check_record(tracks, "track", "[ncc] short localisations", "short", "ncc")["max_gap"] == 1
     np.testing.assert_allclose(tracks.scale, small.scale)
     assert tracks.metadata["pixel_size_um"] == image.metadata["pixel_size_um"]
 
@@ -156,13 +160,13 @@ def test_stage_widgets_chain_from_denoise_to_render(sample_viewer, qtbot):
     rw.tracks.value = tracks
     rw.reference.value = small
     run_widget(qtbot, rw)
-    density = viewer.layers["short SR density [ncc]"]
-    velocity = viewer.layers["short SR velocity [ncc]"]
-    direction = viewer.layers["short SR direction [ncc]"]
+    density = viewer.layers["[ncc] short SR density"]
+    velocity = viewer.layers["[ncc] short SR velocity"]
+    direction = viewer.layers["[ncc] short SR direction"]
     assert density.data.shape == (small.data.shape[1] * 4, small.data.shape[2] * 4)
     assert density.data.sum() > 0
     assert (density.colormap.name, velocity.colormap.name, direction.colormap.name) == ("hot", "turbo", "twilight")
-    assert _check_record(density, "render", "short tracks [ncc]", "short", "ncc")["upsampling"] == 4
+    assert _check_record(density, "render", "[ncc] short tracks", "short", "ncc")["upsampling"] == 4
     assert velocity.metadata["unit"] == "mm/s"
     # SR maps overlay the CEUS frames: SR pixel 1.5 is the centre of CEUS pixel 0.
     geo = sr_layer_kwargs(small, 4)
@@ -181,31 +185,33 @@ def test_rerun_replaces_our_result_or_adds_a_numbered_one_never_touching_user_la
     loc.psf_layer.value = psf_layer
     assert loc.rerun_mode == "replace" and loc.rerun.choices == RERUN_MODES
     run_widget(qtbot, loc)
-    first = viewer.layers["tiny localisations [ncc]"]
+    first = viewer.layers["[ncc] tiny localisations"]
     n_first = len(first.data)
 
+    first.visible = True  # the user shows it: re-running keeps that choice
     loc.threshold.value = 0.6  # fewer localisations: the layer is updated in place
     run_widget(qtbot, loc)
-    assert viewer.layers["tiny localisations [ncc]"] is first
+    assert viewer.layers["[ncc] tiny localisations"] is first
+    assert first.visible and "hidden" not in loc.status.value
     assert 0 < len(first.data) < n_first
     assert first.metadata[RESULT_KEY]["params"]["threshold"] == 0.6
-    assert "tiny localisations [ncc] (2)" not in viewer.layers
+    assert "[ncc] tiny localisations (2)" not in viewer.layers
 
     loc.rerun.value = "add numbered"
     assert loc.rerun_mode == "add numbered"
     run_widget(qtbot, loc)
-    assert "tiny localisations [ncc] (2)" in viewer.layers
+    assert "[ncc] tiny localisations (2)" in viewer.layers
     assert len(first.data) < n_first  # the previous result is kept as it was
 
     # A layer the user made with the conventional name is never changed or removed.
     viewer.layers.remove(first)
-    viewer.layers.remove("tiny localisations [ncc] (2)")
-    mine = viewer.add_points(np.array([[0.0, 1.0, 2.0]]), name="tiny localisations [ncc]")
+    viewer.layers.remove("[ncc] tiny localisations (2)")
+    mine = viewer.add_points(np.array([[0.0, 1.0, 2.0]]), name="[ncc] tiny localisations")
     loc.rerun.value = "replace"
     run_widget(qtbot, loc)
-    assert viewer.layers["tiny localisations [ncc]"] is mine and len(mine.data) == 1
+    assert viewer.layers["[ncc] tiny localisations"] is mine and len(mine.data) == 1
     assert GENERATED_KEY not in mine.metadata
-    assert len(viewer.layers["tiny localisations [ncc] (2)"].data) > 0
+    assert len(viewer.layers["[ncc] tiny localisations (2)"].data) > 0
 
 
 @pytest.fixture
@@ -308,14 +314,14 @@ def test_pipeline_widget_runs_baseline_and_can_be_stopped(sample_viewer, qtbot):
     w.block_size.value = 20
     w.pipeline.value = "baseline1"
     run_widget(qtbot, w)
-    density = viewer.layers[f"{image.name} SR density [baseline1]"]
+    density = viewer.layers[f"[baseline1] {image.name} SR density"]
     params = _check_record(density, "pipeline", image.name, image.name, "baseline1")
     assert params["block_size"] == 20 and params["psf_layer"] == "auto" and params["pipeline"] == "baseline1"
     summary = density.metadata[RESULT_KEY]["summary"]
-    points = viewer.layers[f"{image.name} localisations [baseline1]"]
+    points = viewer.layers[f"[baseline1] {image.name} localisations"]
     assert summary["n_localisations"] == len(points.data) > 0
-    assert f"{image.name} tracks [baseline1]" in viewer.layers
-    assert viewer.layers[f"{image.name} SR velocity [baseline1]"].metadata["unit"] == "mm/s"
+    assert f"[baseline1] {image.name} tracks" in viewer.layers
+    assert viewer.layers[f"[baseline1] {image.name} SR velocity"].metadata["unit"] == "mm/s"
     n_layers = len(viewer.layers)
 
     # Stop: the run ends early and adds nothing.
@@ -323,7 +329,7 @@ def test_pipeline_widget_runs_baseline_and_can_be_stopped(sample_viewer, qtbot):
     assert w.start() is not None
     w.stop()
     wait_for_worker(qtbot, w)
-    assert f"{image.name} SR density [baseline2]" not in viewer.layers
+    assert f"[baseline2] {image.name} SR density" not in viewer.layers
     assert len(viewer.layers) == n_layers
 
 
@@ -350,10 +356,10 @@ def test_network_stages_name_and_record_their_results(make_napari_viewer, qtbot,
     assert ew.mb_only.value
     ew.mbtnet.use_file(nets["mbtnet"])
     run_widget(qtbot, ew)
-    density = viewer.layers["ceus SR density [cycleulm-e2e]"]
+    density = viewer.layers["[cycleulm-e2e] ceus SR density"]
     params = _check_record(density, "e2e", "ceus MB-only", "ceus", "cycleulm-e2e")
     assert params["mb_only_input"] and params["mbdt"] is None
-    assert viewer.layers["ceus SR velocity [cycleulm-e2e]"].metadata["unit"] == "mm/s"
+    assert viewer.layers["[cycleulm-e2e] ceus SR velocity"].metadata["unit"] == "mm/s"
     geo = sr_layer_kwargs(ceus, 4)
     np.testing.assert_allclose(density.scale, geo["scale"])
     np.testing.assert_allclose(density.translate, geo["translate"])

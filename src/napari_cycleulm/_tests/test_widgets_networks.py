@@ -103,8 +103,8 @@ def test_e2e_widget_makes_sr_maps_overlaying_the_ceus(make_napari_viewer, qtbot,
     w.mbtnet.use_file(nets["mbtnet"])
     w.block_size.value = 8
     run_widget(qtbot, w)
-    density = viewer.layers["ceus SR density [cycleulm-e2e]"]
-    velocity = viewer.layers["ceus SR velocity [cycleulm-e2e]"]
+    density = viewer.layers["[cycleulm-e2e] ceus SR density"]
+    velocity = viewer.layers["[cycleulm-e2e] ceus SR velocity"]
     assert density.data.shape == velocity.data.shape == (80, 96)
     np.testing.assert_allclose(density.scale, [0.5, 0.5])
     # SR pixel k sits at original pixel (k - 1.5) / 4: the SR map's first pixel centre.
@@ -121,7 +121,7 @@ def test_e2e_widget_takes_mb_only_layers_without_mbdt(make_napari_viewer, qtbot,
     w.mbdt.choice.value = "file"  # no file: must not matter, MB-DT is skipped
     w.mbtnet.use_file(nets["mbtnet"])
     run_widget(qtbot, w)
-    assert viewer.layers["mb SR density [cycleulm-e2e]"].data.shape == (64, 64)
+    assert viewer.layers["[cycleulm-e2e] mb SR density"].data.shape == (64, 64)
 
 
 def test_localise_widget_runs_mblnet_on_mb_only_frames(make_napari_viewer, qtbot, nets):
@@ -137,7 +137,7 @@ def test_localise_widget_runs_mblnet_on_mb_only_frames(make_napari_viewer, qtbot
     w.model.use_file(nets["mblnet"])
     w.threshold.value = 0.1  # the tiny random network is never confident
     run_widget(qtbot, w)
-    pts = viewer.layers["mb localisations [mblnet]"]
+    pts = viewer.layers["[mblnet] mb localisations"]
     # A layer CycleULM did not make is brought to the library's intensity units first.
     want = localise_mblnet(frames * np.float32(run_scale(frames)), nets["mblnet"], threshold=0.1, device="cpu")
     assert len(pts.data) == len(want) > 0

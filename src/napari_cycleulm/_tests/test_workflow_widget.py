@@ -15,9 +15,11 @@ from qtpy.QtCore import QTimer  # noqa: E402
 
 from napari_cycleulm import _sample_data  # noqa: E402
 from napari_cycleulm._sample_data import make_sample  # noqa: E402
-from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
+from napari_cycleulm._tests._gui import elide_middle, run_widget, wait_for_worker  # noqa: E402
 from napari_cycleulm._widgets import _base, workflow_widget  # noqa: E402
-from napari_cycleulm._widgets._layers import GENERATED_KEY, PSF_METADATA_KEY, RESULT_KEY  # noqa: E402
+from napari_cycleulm._widgets._layers import (  # noqa: E402
+    GENERATED_KEY, PSF_METADATA_KEY, RESULT_KEY, parse_result_name, result_name,
+)
 from napari_cycleulm._widgets._model_picker import record_trained_model  # noqa: E402
 from napari_cycleulm._widgets.psf_widget import PSFWidget  # noqa: E402
 from napari_cycleulm._widgets.render_widget import RenderWidget  # noqa: E402
@@ -32,13 +34,17 @@ pytestmark = pytest.mark.gui
 N_FRAMES = 60
 
 
+def _first_frames(n_frames: int) -> list:
+    """``make_sample()`` cut to its first ``n_frames`` frames (same layer names and metadata)."""
+    (frames, img_kw, _), (gt, gt_kw, _) = make_sample()
+    keep = gt[:, 0] < n_frames
+    gt_kw = {**gt_kw, "features": {k: np.asarray(v)[keep] for k, v in gt_kw["features"].items()}}
+    return [(frames[:n_frames].copy(), img_kw, "image"), (gt[keep], gt_kw, "points")]
+
+
 @pytest.fixture(scope="module")
 def small_sample():
-    """``make_sample()`` cut to its first frames (same layer names and metadata)."""
-    (frames, img_kw, _), (gt, gt_kw, _) = make_sample()
-    keep = gt[:, 0] < N_FRAMES
-    gt_kw = {**gt_kw, "features": {k: np.asarray(v)[keep] for k, v in gt_kw["features"].items()}}
-    return [(frames[:N_FRAMES].copy(), img_kw, "image"), (gt[keep], gt_kw, "points")]
+    return _first_frames(N_FRAMES)
 
 
 @pytest.fixture
@@ -175,19 +181,55 @@ def test_one_click_pipeline_run_makes_the_named_layers(dock, errors, qtbot):
     run_widget(qtbot, w)
     name = "CEUS sample"
     for what in ("localisations", "tracks", "SR density", "SR velocity"):
-        layer = viewer.layers[f"{name} {what} [baseline1]"]
+        layer = viewer.layers[f"[baseline1] {name} {what}"]
         record = layer.metadata[RESULT_KEY]
         assert record["stage"] == "pipeline" and record["source"] == name and record["method"] == "baseline1"
         assert record["params"]["block_size"] == 10 and record["params"]["psf_layer"] == "auto"
         assert layer.metadata["pixel_size_um"] == 50.0
-    points = viewer.layers[f"{name} localisations [baseline1]"]
+    points = viewer.layers[f"[baseline1] {name} localisations"]
     np.testing.assert_allclose(points.scale, image.scale)
     assert len(points.data) > 100 and points.data[:, 0].max() < N_FRAMES
-    density = viewer.layers[f"{name} SR density [baseline1]"]
+    density = viewer.layers[f"[baseline1] {name} SR density"]
     assert density.data.shape == (128 * 4, 160 * 4) and density.data.sum() > 0
-    assert w.render_status.value.startswith("✓ SR maps: CEUS sample SR density [baseline1]")
+    assert w.render_status.value.startswith("✓ SR maps: [baseline1] CEUS sample SR density")
     assert "localisations" in w.status.value and w.progress.value == w.progress.max == N_FRAMES
     assert len(errors) == 1
+
+
+def test_runs_of_two_pipelines_stay_told_apart_in_the_layer_list(make_napari_viewer, monkeypatch, qtbot):
+    """Each result is ``[pipeline] <stack> <what>``: napari's layer list, which elides long names in
+    the middle, still shows every layer's pipeline and what it holds; points and tracks are hidden."""
+    monkeypatch.setattr(_sample_data, "make_sample", lambda: _first_frames(36))
+    viewer = make_napari_viewer()
+    _, w = viewer.window.add_plugin_dock_widget(workflow_widget.PLUGIN_NAME, "CycleULM workflow")  # as the menu does
+    w.load_sample()
+    w.block_size.value = 12
+    runs: dict[str, list] = {}
+    for pipeline, mode in (("cycleulm-ncc", "replace"), ("cycleulm-loc", "replace"),
+                           ("cycleulm-ncc", "add numbered")):  # the same pipeline again, kept apart
+        w.pipeline.value = pipeline
+        w.rerun.value = mode
+        before = set(map(id, viewer.layers))
+        run_widget(qtbot, w)
+        runs[f"{pipeline} {mode}"] = [layer for layer in viewer.layers if id(layer) not in before]
+
+    whats = ("localisations", "tracks", "SR density", "SR velocity")
+    for run, layers in runs.items():
+        pipeline, mode = run.split(" ", 1)
+        suffix = " (2)" if mode == "add numbered" else ""
+        assert sorted(layer.name for layer in layers) == sorted(
+            result_name("CEUS sample", what, pipeline) + suffix for what in whats)
+        for layer in layers:
+            assert layer.name.startswith(f"[{pipeline}] ")
+            source, what, method = parse_result_name(layer.name)
+            assert (source, method) == ("CEUS sample", pipeline) == (layer.metadata[RESULT_KEY]["origin"],
+                                                                     layer.metadata[RESULT_KEY]["method"])
+            # Only the density map shows: the points and tracks of many runs would hide it.
+            assert layer.visible == (what == "SR density"), (layer.name, layer.visible)
+    # What the layer list shows of the 12 names (about 25 characters): all different.
+    shown = [elide_middle(layer.name) for layers in runs.values() for layer in layers]
+    assert len(set(shown)) == len(shown) == 12, shown
+    assert all(text.startswith("[cycleulm-") for text in shown)
 
 
 def test_event_loop_keeps_running_during_a_run_and_stop_keeps_previous_results(dock, qtbot):

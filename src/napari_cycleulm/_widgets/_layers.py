@@ -210,7 +210,7 @@ def sr_layer_kwargs(reference: Layer | None, upsampling: int) -> dict:
 
 def add_sr_layers(viewer: napari.Viewer, maps, origin: str, method: str | None, reference: Layer | None,
                   metadata: dict, *, mode: str = "replace", direction: bool = False) -> list[Layer]:
-    """Add the SR maps of a run as ``<origin> SR density / velocity [/ direction] [method]``.
+    """Add the SR maps of a run as ``[method] <origin> SR density / velocity [/ direction]``.
 
     Parameters
     ----------
@@ -251,13 +251,47 @@ RERUN_MODES = ("replace", "add numbered")
 """What running a stage again does to its previous result layer (a user choice)."""
 
 
-def result_name(source: str, what: str, method: str | None = None) -> str:
-    """The conventional name of a result layer: ``"<source> <what> [<method>]"``.
+#: The SR maps of a run (:func:`add_sr_layers`), by the words that name them.
+SR_MAPS = ("SR density", "SR velocity", "SR direction")
 
-    Examples: ``"CEUS sample MB-only"``, ``"CEUS sample localisations [ncc]"``,
-    ``"CEUS sample SR density [cycleulm-loc]"``.
+#: Results made by a method (a localisation method or a pipeline): their names carry it as a tag.
+METHOD_RESULTS = ("localisations", "tracks") + SR_MAPS
+
+
+def result_name(source: str, what: str, method: str | None = None) -> str:
+    """The conventional name of a result layer: ``"[<method>] <source> <what>"``.
+
+    Without a method (same-grid stacks, PSFs) the name is ``"<source> <what>"``.
+    Examples: ``"CEUS sample MB-only"``, ``"[ncc] CEUS sample localisations"``,
+    ``"[cycleulm-loc] CEUS sample SR density"``; :func:`parse_result_name`
+    reads them back.
+
+    The method comes first and what the layer holds last because napari's
+    layer list elides a long name in the middle, keeping its start and end:
+    ``"[cycleulm-de…ple SR density"``.  After several runs every layer still
+    shows its pipeline and what it is; only the source, the same for all of
+    them, is hidden.
     """
-    return f"{source} {what}" + (f" [{method}]" if method else "")
+    core = f"{source} {what}"
+    return f"[{method}] {core}" if method else core
+
+
+_RESULT_NAME = re.compile(
+    r"^\[(?P<method>[^\]]+)\] (?P<source>.+) (?P<what>"
+    + "|".join(re.escape(w) for w in METHOD_RESULTS)
+    + r")(?: \(\d+\))?$"
+)
+
+
+def parse_result_name(name: str) -> tuple[str, str, str] | None:
+    """``(source, what, method)`` of a :func:`result_name` with a method, else None.
+
+    ``what`` is one of :data:`METHOD_RESULTS`; a ``" (2)"`` added by the
+    *add numbered* re-run mode is ignored:
+    ``"[ncc] CEUS tracks (2)"`` -> ``("CEUS", "tracks", "ncc")``.
+    """
+    m = _RESULT_NAME.match(str(name))
+    return (m["source"], m["what"], m["method"]) if m else None
 
 
 def _numbered(viewer: napari.Viewer, name: str) -> str:
@@ -319,26 +353,35 @@ RESULT_KEY = "cycleulm"
 #: Source-layer metadata copied onto every result so that units survive the chain of stages.
 UNIT_KEYS = ("pixel_size_um", "frame_rate_hz")
 
-_DERIVED_NAME = re.compile(r"^(?P<origin>.+) (?:localisations|tracks) \[(?P<method>[^\]]+)\](?: \(\d+\))?$")
-
 
 def origin_of(layer: Layer | None) -> tuple[str | None, str | None]:
     """``(origin, method)``: the CEUS layer name a result derives from, and the method tag.
 
     Read from the provenance record (:func:`result_metadata`) when there is
-    one, else from a conventional name (``"<origin> localisations [<method>]"``),
-    else the layer is its own origin with no method.  Tracks made from a user's
-    ``clicks`` Points layer are therefore ``"clicks tracks"``.
+    one, else from a conventional name (``"[<method>] <origin> localisations"``,
+    :func:`parse_result_name`), else the layer is its own origin with no
+    method.  Tracks made from a user's ``clicks`` Points layer are therefore
+    ``"clicks tracks"``.
     """
     if layer is None:
         return None, None
     record = layer.metadata.get(RESULT_KEY)
     if isinstance(record, dict) and record.get("origin"):
         return str(record["origin"]), record.get("method")
-    m = _DERIVED_NAME.match(layer.name)
-    if m:
-        return m["origin"], m["method"]
+    parsed = parse_result_name(layer.name)
+    if parsed is not None:
+        return parsed[0], parsed[2]
     return layer.name, None
+
+
+def is_sr_map(layer: Layer) -> bool:
+    """An SR map made by CycleULM: its metadata records the upsampling, else its name says so."""
+    if not isinstance(layer, Image):
+        return False
+    if isinstance(layer.metadata.get(RESULT_KEY), dict) and "upsampling" in layer.metadata:
+        return True
+    parsed = parse_result_name(layer.name)
+    return parsed is not None and parsed[1] in SR_MAPS
 
 
 def result_metadata(stage: str, source: Layer | None, params: dict | None = None, *,

@@ -16,7 +16,7 @@ TAG = "cycleulm-e2e"
 
 
 class E2EWidget(StageWidget):
-    """CEUS Image -> ``<input> SR density [cycleulm-e2e]`` and ``SR velocity`` overlaying the frames.
+    """CEUS Image -> ``[cycleulm-e2e] <input> SR density`` and ``SR velocity`` overlaying the frames.
 
     With "input is already MB-only" (ticked automatically for layers made by
     the Translate widget) MB-DT is skipped and the frames go straight to MBT-Net.

@@ -512,7 +512,7 @@ class AccuracyPanel(StageWidget):
         if not layers:
             raise CycleULMError(
                 "no localisation layer chosen: run Localise (or a pipeline) and choose its "
-                "'... localisations [method]' layers in the list."
+                "'[method] ... localisations' layers in the list."
             )
         gt = localisations_from_points(gt_layer)
         per_frame = gt_layer.data.shape[1] == 3

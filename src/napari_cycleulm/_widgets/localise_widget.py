@@ -30,7 +30,8 @@ def is_normalised(layer) -> bool:
 
 
 class LocaliseWidget(StageWidget):
-    """Image + PSF layer -> ``<input> localisations [method]`` Points layer.
+    """Image + PSF layer -> ``[method] <input> localisations`` Points layer (hidden, like every
+    localisations and tracks layer, so that results pile up without covering the SR maps).
 
     ``mblnet`` runs MBL-Net on MB-only frames (the Translate widget's output);
     it needs no PSF, but a PSF layer (made by the PSF widget), when chosen, is checked against the range
@@ -98,6 +99,7 @@ class LocaliseWidget(StageWidget):
     def done(self, locs: Localisations) -> None:
         src, method = self._source, self._params["method"]
         meta = result_metadata("localise", src, self._params, method=method)
-        show_localisations(self.viewer, locs, result_name(src.name, "localisations", method),
-                           reference=src, mode=self.rerun_mode, metadata=meta)
-        self.status.value = f"{len(locs)} localisations"
+        layer = show_localisations(self.viewer, locs, result_name(src.name, "localisations", method),
+                                   reference=src, mode=self.rerun_mode, metadata=meta, visible=False)
+        self.status.value = f"{len(locs)} localisations in {layer.name!r}" + (
+            "" if layer.visible else " (hidden: tick its eye to show it)")

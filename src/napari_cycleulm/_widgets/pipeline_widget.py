@@ -83,10 +83,10 @@ def add_pipeline_layers(viewer: napari.Viewer, source: Image, result: PipelineRe
                         extra_params: dict | None = None) -> list[Layer]:
     """Show a pipeline result as layers overlaying ``source``.
 
-    Adds ``<source> localisations [<pipeline>]`` (hidden; not for
-    ``cycleulm-e2e``, which makes none), ``<source> tracks [<pipeline>]``
-    (hidden; when any track was found), ``<source> SR density [<pipeline>]``
-    and ``<source> SR velocity [<pipeline>]``, each with the run's parameters
+    Adds ``[<pipeline>] <source> localisations`` (hidden; not for
+    ``cycleulm-e2e``, which makes none), ``[<pipeline>] <source> tracks``
+    (hidden; when any track was found), ``[<pipeline>] <source> SR density``
+    and ``[<pipeline>] <source> SR velocity`` (hidden), each with the run's parameters
     and (``metadata["cycleulm"]["summary"]``) counts and timings in its metadata.
 
     Returns

@@ -14,10 +14,10 @@ from ._layers import UNIT_KEYS, add_sr_layers, origin_of, result_metadata, track
 
 
 class RenderWidget(StageWidget):
-    """Tracks + reference CEUS layer -> ``<origin> SR density [method]`` / ``SR velocity`` / ``SR direction``.
+    """Tracks + reference CEUS layer -> ``[method] <origin> SR density`` / ``SR velocity`` / ``SR direction``.
 
-    ``<origin>`` and ``method`` come from the tracks layer (``CEUS tracks [ncc]``
-    gives ``CEUS SR density [ncc]``).  Velocities are in mm/s when the
+    ``<origin>`` and ``method`` come from the tracks layer (``[ncc] CEUS tracks``
+    gives ``[ncc] CEUS SR density``).  Velocities are in mm/s when the
     reference layer's metadata has ``pixel_size_um`` and ``frame_rate_hz``.
     """
 

@@ -15,11 +15,12 @@ from ._layers import localisations_from_points, origin_of, result_metadata, resu
 
 
 class TrackWidget(StageWidget):
-    """Points (frame, y, x) -> ``<origin> tracks [method]`` (tracks of at least ``min length`` frames).
+    """Points (frame, y, x) -> ``[method] <origin> tracks`` (tracks of at least ``min length`` frames).
 
-    ``<origin>`` and ``method`` come from the localisations layer (``CEUS
-    localisations [ncc]`` gives ``CEUS tracks [ncc]``); a Points layer of the
-    user's own gives ``<its name> tracks``.
+    ``<origin>`` and ``method`` come from the localisations layer (``[ncc] CEUS
+    localisations`` gives ``[ncc] CEUS tracks``); a Points layer of the
+    user's own gives ``<its name> tracks``.  The layer is hidden, like every
+    localisations and tracks layer.
     """
 
     def __init__(self, napari_viewer: "napari.viewer.Viewer"):
@@ -56,6 +57,7 @@ class TrackWidget(StageWidget):
             return
         origin, method = origin_of(src)
         meta = result_metadata("track", src, self._params)
-        show_tracks(self.viewer, tracks, result_name(origin, "tracks", method), reference=src,
-                    mode=self.rerun_mode, metadata=meta)
-        self.status.value = f"{tracks.n_tracks} tracks"
+        layer = show_tracks(self.viewer, tracks, result_name(origin, "tracks", method), reference=src,
+                            mode=self.rerun_mode, metadata=meta, visible=False)
+        self.status.value = f"{tracks.n_tracks} tracks in {layer.name!r}" + (
+            "" if layer.visible else " (hidden: tick its eye to show it)")

@@ -20,7 +20,7 @@ from ..progress import Progress
 from ..roi import count_patches, rois_to_mask
 from ..train import FINETUNE_MAX_FRAMES, TrainResult, iter_train_mbdt
 from ._base import StageWidget
-from ._layers import PSF_METADATA_KEY, add_or_replace, frames_from_layer, psf_from_layer
+from ._layers import PSF_METADATA_KEY, add_or_replace, frames_from_layer, psf_from_layer, result_name
 from ._model_picker import record_trained_model
 
 PATCH_SIZE = 40
@@ -265,7 +265,7 @@ class TrainWidget(StageWidget):
 
     def _show_preview(self, img: np.ndarray, step: int) -> None:
         src = self._run_layer
-        name = f"{src.name} MB-DT preview"
+        name = result_name(src.name, "MB-DT preview")
         geo = dict(scale=src.scale[-2:], translate=src.translate[-2:])
         hi = float(np.percentile(img, 99.9)) if img.size else 1.0
         units = {k: src.metadata[k] for k in ("pixel_size_um", "frame_rate_hz") if k in src.metadata}

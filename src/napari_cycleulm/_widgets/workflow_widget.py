@@ -33,7 +33,7 @@ from ..nets import DISPLAY_NAMES
 from ..pipeline import PIPELINES
 from ..psf import PSF
 from ._base import StageWidget
-from ._layers import GENERATED_KEY, PSF_METADATA_KEY, RESULT_KEY, origin_of
+from ._layers import GENERATED_KEY, PSF_METADATA_KEY, is_sr_map, origin_of, result_name
 from ._model_picker import DEFAULT, FILE, MODELS_METADATA_KEY, ModelPicker
 from .pipeline_widget import add_pipeline_layers, describe_result, pipeline_job
 
@@ -50,10 +50,6 @@ TOOLS = {
     "evaluate": "Evaluate",
     "export": "Export",
 }
-
-#: Words in the names of the SR maps (see ``_layers.add_sr_layers``).
-SR_WORDS = ("SR density", "SR velocity", "SR direction")
-
 
 def is_ceus_layer(layer: Layer) -> bool:
     """A layer the pipelines can read: a grey (T, H, W) Image that CycleULM did not make."""
@@ -198,7 +194,7 @@ class WorkflowWidget(StageWidget):
         data = self.image.value
         # A PSF just estimated for the chosen stack is what the user wants the pipeline to use.
         if data is not None and is_psf_layer(layer) and (
-            layer.name == f"{data.name} PSF" or origin_of(layer)[0] == data.name
+            layer.name == result_name(data.name, "PSF") or origin_of(layer)[0] == data.name
         ):
             self.psf_layer.reset_choices()
             self.psf_layer.value = layer
@@ -327,14 +323,7 @@ class WorkflowWidget(StageWidget):
         data = self.image.value
         if data is None:
             return []
-        out = []
-        for layer in self.viewer.layers:
-            if isinstance(layer, Image) and any(word in layer.name for word in SR_WORDS):
-                record = layer.metadata.get(RESULT_KEY) or {}
-                origin = record.get("origin") if isinstance(record, dict) else None
-                if origin == data.name or (origin is None and layer.name.startswith(f"{data.name} SR ")):
-                    out.append(layer)
-        return out
+        return [layer for layer in self.viewer.layers if is_sr_map(layer) and origin_of(layer)[0] == data.name]
 
     def _render_text(self) -> str:
         layers = self.sr_layers()
