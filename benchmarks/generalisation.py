@@ -580,7 +580,7 @@ def _mip_table(recs, which: str) -> list[str]:
             f"| {_fmt(after.get('fwhm_y_px'), 2)} x {_fmt(after.get('fwhm_x_px'), 2)} "
             f"| {_fmt(eff['narrowing_y'], 2)} / {_fmt(eff['narrowing_x'], 2)} |")
     lines.append(f"| **mean** | | | {_fmt(_mean(gains), 2)} (min {_fmt(_min(gains), 2)}) | | | | "
-                 f"geometric mean {_fmt(_mean(narrows), 2)} (min {_fmt(_min(narrows), 2)}) |")
+                 f"sqrt(y x): mean {_fmt(_mean(narrows), 2)} (min {_fmt(_min(narrows), 2)}) |")
     return lines
 
 
