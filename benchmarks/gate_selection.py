@@ -36,6 +36,7 @@ from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.metrics import match_localisations
 from napari_cycleulm.pipeline import run_pipeline
 from napari_cycleulm.simulate import simulate
+from napari_cycleulm.temporal import GATE_MODES
 
 #: (simulate keyword arguments) of the selection settings.
 SETTINGS = {
@@ -47,13 +48,8 @@ SETTINGS = {
     "sparse36": dict(clutter_db=-10.0, noise_db=-10.0, density=3.0, psf_fwhm_um=(250.0, 250.0), seed=36),
 }
 
-#: Gate variants: name -> (temporal_gate, gate parameters).
-VARIANTS = {
-    "none": (False, None),
-    "spatial": (True, {"significance": None}),
-    "temporal": (True, {"spatial_sensitivity": None}),
-    "spatial+temporal": (True, {}),
-}
+#: Gate variants (:data:`napari_cycleulm.temporal.GATE_MODES`).
+VARIANTS = GATE_MODES
 
 
 def main(argv=None) -> int:
@@ -71,11 +67,11 @@ def main(argv=None) -> int:
         sim = simulate(args.frames, 128, 160, **kw)
         row = {}
         t0 = time.perf_counter()
-        for tag, (pipe, gate_on, gate) in {"baseline2": ("baseline2", None, None),
-                                           **{v: (args.pipeline, *g) for v, g in VARIANTS.items()}}.items():
+        for tag, (pipe, gate) in {"baseline2": ("baseline2", None),
+                                  **{v: (args.pipeline, v) for v in VARIANTS}}.items():
             try:
                 res = run_pipeline(sim.frames, pipe, "auto", pixel_size_um=50.0, frame_rate_hz=500.0,
-                                   mbdt=args.mbdt, temporal_gate=gate_on, gate=gate)
+                                   mbdt=args.mbdt, gate=gate)
                 m = match_localisations(sim.ground_truth, res.localisations, tolerance=1.0)
                 row[tag] = {"f1": m.f1, "recall": m.recall, "precision": m.precision}
             except CycleULMError as exc:

@@ -315,6 +315,7 @@ def cmd_run(args) -> int:
             threshold=args.threshold,
             target_count=args.target_count,
             track_params=track_params,
+            gate=args.gate,
             upsampling=args.upsampling,
             pixel_size_um=px,
             frame_rate_hz=fr,
@@ -562,6 +563,7 @@ def _variable(sp) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline import PIPELINES
+    from .temporal import DEFAULT_GATE, GATE_MODES
 
     p = _Parser(
         prog="cycleulm",
@@ -667,6 +669,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--psf", default="auto", help="'auto' or a PSF JSON from `cycleulm psf`")
     sp.add_argument("--block-size", type=int, default=200, help="frames per block (memory scales with it)")
     sp.add_argument("--threshold", type=float, default=None, help="localisation threshold")
+    sp.add_argument("--gate", default=None, choices=GATE_MODES,
+                    help="CycleULM pipelines: evidence MB-DT's bubbles must have in the CEUS frames "
+                         f"(default {DEFAULT_GATE!r}; see docs/science.md)")
     sp.add_argument("--target-count", type=int, default=None, help="keep exactly N best localisations")
     sp.add_argument("--max-distance", type=float, default=None, help="tracking gate, pixels per frame")
     sp.add_argument("--upsampling", type=int, default=4)

@@ -100,8 +100,8 @@ class PipelineSpec:
     #: MB-DT), MBL-Net summed probability, or MBT-Net trajectory probability.
     #: Read from the localiser's registry entry (:mod:`napari_cycleulm.stages`).
     threshold: float
-    #: Gate MB-DT's output by the transient signal of the CEUS frames (:mod:`napari_cycleulm.temporal`).
-    temporal_gate: bool = False
+    #: Evidence MB-DT's output must have in the CEUS frames (:data:`napari_cycleulm.temporal.GATE_MODES`).
+    gate: str = "none"
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -114,10 +114,16 @@ class PipelineSpec:
 
 
 def _spec(name: str, denoise: str, localise: str, description: str) -> PipelineSpec:
-    """A pipeline whose default threshold is its localiser's for its input domain."""
+    """A pipeline whose default threshold is its localiser's for its input domain.
+
+    MB-DT's output is gated by :data:`~napari_cycleulm.temporal.DEFAULT_GATE`.
+    """
+    from .temporal import DEFAULT_GATE
+
     threshold = (E2E_PROB_THRESHOLD if localise == "e2e"
                  else LOCALISERS[localise].default_threshold(mb_only=denoise == "mbdt"))
-    return PipelineSpec(name, denoise, localise, description, threshold)
+    return PipelineSpec(name, denoise, localise, description, threshold,
+                        gate=DEFAULT_GATE if denoise == "mbdt" else "none")
 
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -257,8 +263,8 @@ def iter_pipeline(
     mblnet=None,
     mbtnet=None,
     scale: float | None = None,
-    temporal_gate: bool | None = None,
-    gate: dict | None = None,
+    gate: str | None = None,
+    gate_params: dict | None = None,
 ) -> Generator[Progress, None, PipelineResult]:
     """Run a named pipeline, yielding progress; the generator returns a :class:`PipelineResult`.
 
@@ -311,12 +317,14 @@ def iter_pipeline(
         Intensity factor of the run (see :mod:`napari_cycleulm.stages`);
         default from the first :data:`CALIBRATION_FRAMES` frames.  Pass 1 for
         frames already in normalised units (e.g. MB-only frames).
-    temporal_gate : bool, optional
-        Keep MB-DT's output only where the CEUS frames show a transient over
-        their temporal background (:mod:`napari_cycleulm.temporal`); default:
-        the pipeline's (:attr:`PipelineSpec.temporal_gate`).
-    gate : dict, optional
-        Parameters of :func:`~napari_cycleulm.temporal.transient_gate`
+    gate : {"none", "spatial", "temporal", "spatial+temporal"}, optional
+        Keep MB-DT's output only where the CEUS frames show evidence of a
+        bubble: brighter than their spatial neighbourhood (Bradley-Roth), a
+        transient over the pixel's temporal background, or both
+        (:mod:`napari_cycleulm.temporal`); default: the pipeline's
+        (:attr:`PipelineSpec.gate`).
+    gate_params : dict, optional
+        Further parameters of :func:`~napari_cycleulm.temporal.transient_gate`
         (``significance``, ``spatial_sensitivity``, ``window_half_frames``,
         ``stride_frames``).
 
@@ -462,26 +470,14 @@ def iter_pipeline(
     loc_model = None if e2e else nets.get(LOCALISERS[spec.localise].network)
     mblnet_context = loc_model is not None and int(loc_model.config.get("in_channels", 1)) == 3
 
-    gate_params = None
-    if spec.denoise == "mbdt" and (spec.temporal_gate if temporal_gate is None else temporal_gate):
-        from .temporal import WINDOW_HALF_FRAMES, gate_context, transient_gate
+    from .temporal import block_gate, gate_kwargs
 
-        gate_params = {"window_half_frames": WINDOW_HALF_FRAMES, **(gate or {})}
-        params["temporal_gate"] = dict(gate_params)
-        # The temporal test reads frames around each block; the spatial one needs none.
-        temporal = gate_params.get("significance", 1.0) is not None
-        gate_ctx = gate_context(gate_params["window_half_frames"]) if temporal else 0
-
-    def _gate(block, start, stop):
-        """The transient gate of a (scaled) block, from the block and its context frames."""
-        lo, hi = max(0, start - gate_ctx), min(n_frames, stop + gate_ctx)
-        parts = [ulm_io.read_block(stack, lo, start) * scale] if lo < start else []
-        parts.append(block)
-        if stop < hi:
-            parts.append(ulm_io.read_block(stack, stop, hi) * scale)
-        ctx = np.concatenate(parts) if len(parts) > 1 else block
-        return transient_gate(ctx, start - lo, stop - lo, first_frame=lo, n_frames=n_frames, psf=psf,
-                              **gate_params)
+    gate_mode = "none" if spec.denoise != "mbdt" else (spec.gate if gate is None else gate)
+    gated = gate_kwargs(gate_mode) is not None
+    gate_params = dict(gate_params or {})
+    params["gate"] = gate_mode
+    if gated:
+        params["gate_params"] = dict(gate_params)
 
     def translate_block(block, before, after):
         from .translate import translate
@@ -508,12 +504,16 @@ def iter_pipeline(
                     after = None
                     if len(nxt):
                         after = translate_block(nxt[:1], block[-1], nxt[1] if len(nxt) > 1 else None)[0]
+                        if gated:  # the neighbour as the next block will see it
+                            after = after * block_gate(stack, nxt[:1], stop, stop + 1, scale=scale, psf=psf,
+                                                       mode=gate_mode, **gate_params)[0]
                     extra = {"before": prev_mb, "after": after}
-                if gate_params is not None:
-                    # Keep MB-DT's bubbles only where the CEUS shows a transient (temporal.py).
+                if gated:
+                    # Keep MB-DT's bubbles only where the CEUS shows evidence of one (temporal.py).
                     t_gate = time.perf_counter()
-                    den = den * _gate(block, start, stop)
-                    timer.add("temporal gate", t_gate)
+                    den = den * block_gate(stack, block, start, stop, scale=scale, psf=psf, mode=gate_mode,
+                                           **gate_params)
+                    timer.add("gate", t_gate)
                 prev_raw, prev_mb = block[-1], den[-1]
             else:
                 den = _stage_denoise(block, spec, psf, denoise_params)

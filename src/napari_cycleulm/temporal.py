@@ -52,6 +52,70 @@ SPATIAL_SENSITIVITY = 2.0
 SIGNIFICANCE = 3.0
 
 
+#: The gate modes of the CycleULM pipelines: which evidence MB-DT's output must have.
+GATE_MODES = ("none", "spatial", "temporal", "spatial+temporal")
+
+#: The pipelines' default, chosen with benchmarks/gate_selection.py on selection settings
+#: (never those of benchmarks/generalisation.py): the best worst-case F1 ratio against Baseline 2.
+DEFAULT_GATE = "spatial"
+
+
+def gate_kwargs(mode: str) -> dict | None:
+    """:func:`transient_gate` arguments of a gate mode (None for ``"none"``)."""
+    if mode not in GATE_MODES:
+        raise CycleULMError(f"unknown gate {mode!r}; choose one of {', '.join(GATE_MODES)}.")
+    return {
+        "none": None,
+        "spatial": {"significance": None},
+        "temporal": {"spatial_sensitivity": None},
+        "spatial+temporal": {},
+    }[mode]
+
+
+def block_gate(stack, block: np.ndarray, start: int, stop: int, *, scale: float, psf=None,
+               mode: str = DEFAULT_GATE, **params) -> np.ndarray | None:
+    """The gate of one block of a long stack, reading the context frames the mode needs.
+
+    The one place where the pipelines and the Translate tool gate MB-DT's
+    output, so both give the same MB-only frames.
+
+    Parameters
+    ----------
+    stack : array_like or LazyStack
+        The whole CEUS acquisition (T, H, W), read for context only.
+    block : (stop - start, H, W) float32 array
+        Frames ``start:stop`` already multiplied by ``scale``.
+    scale : float
+        The run's intensity factor (applied to the context frames too).
+    psf : PSF, optional
+        CEUS PSF (window of the spatial test, width of the temporal matched filter).
+    mode : str
+        One of :data:`GATE_MODES`.
+    **params
+        Further :func:`transient_gate` parameters.
+
+    Returns
+    -------
+    (stop - start, H, W) bool array, or None for ``mode="none"``.
+    """
+    from . import io as ulm_io
+
+    kwargs = gate_kwargs(mode)
+    if kwargs is None:
+        return None
+    kwargs = {"window_half_frames": WINDOW_HALF_FRAMES, **kwargs, **params}
+    n = len(stack)
+    # The temporal test reads frames around the block; the spatial one needs none.
+    ctx = gate_context(kwargs["window_half_frames"]) if kwargs.get("significance", 1.0) is not None else 0
+    lo, hi = max(0, start - ctx), min(n, stop + ctx)
+    parts = [ulm_io.read_block(stack, lo, start) * np.float32(scale)] if lo < start else []
+    parts.append(block)
+    if stop < hi:
+        parts.append(ulm_io.read_block(stack, stop, hi) * np.float32(scale))
+    frames = np.concatenate(parts) if len(parts) > 1 else block
+    return transient_gate(frames, start - lo, stop - lo, first_frame=lo, n_frames=n, psf=psf, **kwargs)
+
+
 def gate_context(window_half_frames: int = WINDOW_HALF_FRAMES) -> int:
     """Frames needed on each side of a block to gate it exactly as in one piece."""
     return int(window_half_frames)
@@ -239,6 +303,6 @@ def transient_count(frames: np.ndarray, psf, *, significance: float = SIGNIFICAN
 
 
 __all__ = [
-    "SIGNIFICANCE", "SPATIAL_SENSITIVITY", "STRIDE_FRAMES", "WINDOW_HALF_FRAMES", "gate_context", "transient_gate",
+    "DEFAULT_GATE", "GATE_MODES", "SIGNIFICANCE", "SPATIAL_SENSITIVITY", "STRIDE_FRAMES", "block_gate", "gate_kwargs", "WINDOW_HALF_FRAMES", "gate_context", "transient_gate",
     "transient_count", "transient_score",
 ]

@@ -24,6 +24,7 @@ from .arrays import as_frames, as_image, intensity_scale
 from .errors import CycleULMError
 from .models import resolve_network
 from .stages import CALIBRATION_FRAMES
+from .temporal import block_gate
 
 __all__ = ["translate", "iter_translate", "intensity_scale"]
 
@@ -130,6 +131,9 @@ def iter_translate(
     scale: float | None = None,
     batch_size: int = 8,
     device: str | torch.device | None = None,
+    gate: str = "none",
+    psf=None,
+    gate_params: dict | None = None,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Translate a stack block by block, with each block's neighbours taken from the next/previous block.
 
@@ -147,6 +151,15 @@ def iter_translate(
         :func:`translate`'s default for shorter stacks.
     batch_size, device
         As in :func:`translate`.
+    gate : {"none", "spatial", "temporal", "spatial+temporal"}
+        Keep the MB-only output only where the CEUS shows evidence of a
+        bubble (:func:`napari_cycleulm.temporal.block_gate`), exactly as the
+        CycleULM pipelines do (their default is
+        :data:`napari_cycleulm.temporal.DEFAULT_GATE`).
+    psf : PSF, optional
+        The CEUS PSF, for the gate.
+    gate_params : dict, optional
+        Further gate parameters.
 
     Yields
     ------
@@ -174,5 +187,7 @@ def iter_translate(
         block = block * scale
         before = block[0] if prev is None else prev
         after = ulm_io.read_block(stack, stop, stop + 1)[0] * scale if stop < n else block[-1]
-        yield start, stop, _run_translator(net, block, before, after, batch_size, dev)
+        mb = _run_translator(net, block, before, after, batch_size, dev)
+        mask = block_gate(stack, block, start, stop, scale=scale, psf=psf, mode=gate, **(gate_params or {}))
+        yield start, stop, mb if mask is None else mb * mask
         prev = block[-1]

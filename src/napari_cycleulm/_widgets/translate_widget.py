@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import napari
 import numpy as np
-from magicgui.widgets import SpinBox
+from magicgui.widgets import ComboBox, SpinBox
 from napari.layers import Image
+from napari.utils.notifications import show_warning
 
+from .. import io as ulm_io
+from ..errors import CycleULMError
 from ..progress import Progress
+from ..stages import CALIBRATION_FRAMES, run_scale
+from ..temporal import DEFAULT_GATE, GATE_MODES, gate_kwargs
 from ..translate import iter_translate
 from ._base import StageWidget
-from ._layers import add_result, geometry_of, result_buffer, result_metadata, result_name, stack_from_layer
+from ._layers import (
+    PSF_METADATA_KEY, add_result, geometry_of, psf_from_layer, psf_params, result_buffer, result_metadata,
+    result_name, stack_from_layer,
+)
 from ._model_picker import ModelPicker
 
 #: Layer metadata flag set on MB-only stacks (the E2E widget reads it).
@@ -27,8 +35,14 @@ class TranslateWidget(StageWidget):
         self.image = self.layer_combo("CEUS", Image)
         self.model = ModelPicker("mbdt", self.viewer, label="MB-DT model")
         self._combos.append(self.model)
+        self.gate = ComboBox(label="evidence gate", choices=list(GATE_MODES), value=DEFAULT_GATE,
+                             tooltip="keep MB-DT's bubbles only where the CEUS frames show evidence of one, "
+                                     "as the CycleULM pipelines do (docs/science.md)")
+        self.psf_layer = self.layer_combo("PSF", Image, allow_none=True)
+        self.psf_layer.tooltip = ("CEUS PSF for the gate: the PSF tool's layer; (none) estimates it from "
+                                  f"isolated bubbles of the first {CALIBRATION_FRAMES} frames, as the pipelines do")
         self.block_size = SpinBox(label="block size (frames)", value=64, min=1, max=100000)
-        self.extend([self.image, *self.model.widgets, self.block_size])
+        self.extend([self.image, *self.model.widgets, self.gate, self.psf_layer, self.block_size])
         self.finish_layout()
 
     def work(self):
@@ -37,13 +51,29 @@ class TranslateWidget(StageWidget):
         ck = self.model.load()
         block = self.block_size.value
         self._source = layer
-        self._params = {"model": str(ck.path) if ck.path else "default", "block_size": block}
+        gate = self.gate.value
+        psf = None
+        if gate_kwargs(gate) is not None:
+            chosen = self.psf_layer.value
+            if chosen is not None and PSF_METADATA_KEY in chosen.metadata:
+                psf = psf_from_layer(chosen)
+            else:  # the pipelines' automatic estimate
+                from ..psf import estimate_psf_auto
+
+                calibration = ulm_io.read_block(frames, 0, min(len(frames), CALIBRATION_FRAMES))
+                try:
+                    psf = estimate_psf_auto(calibration, pixel_size_um=layer.metadata.get("pixel_size_um")).psf
+                except CycleULMError as exc:  # as cycleulm-loc does: the gate then works without the PSF
+                    show_warning(f"the gate uses no PSF (window from the frame size): {exc}")
+        self._params = {"model": str(ck.path) if ck.path else "default", "block_size": block, "gate": gate,
+                        "psf": psf_params(psf)}
+        scale = run_scale(frames)
 
         def run():
             out = result_buffer(tuple(frames.shape), np.float32)
             n = len(frames)
             yield Progress(0, n, "translate")
-            for start, stop, mb in iter_translate(frames, ck, block_size=block):
+            for start, stop, mb in iter_translate(frames, ck, block_size=block, scale=scale, gate=gate, psf=psf):
                 out[start:stop] = mb
                 yield Progress(stop, n, "translate")
             return out
