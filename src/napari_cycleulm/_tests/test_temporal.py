@@ -56,3 +56,24 @@ def test_missing_context_and_bad_parameters_are_refused():
         transient_gate(frames, 0, 10, significance=0)
     with pytest.raises(CycleULMError, match="start < stop"):
         transient_gate(frames, 5, 5)
+
+
+def test_pipelines_gate_mb_dt_output_by_default_and_record_it():
+    from napari_cycleulm.pipeline import PIPELINES, run_pipeline
+    from napari_cycleulm.simulate import simulate
+    from napari_cycleulm.temporal import DEFAULT_GATE
+
+    sim = simulate(n_frames=30, height=64, width=64, density=8, seed=5)
+    psf = PSF(sim.metadata["psf_sigma_y_px"], sim.metadata["psf_sigma_x_px"])
+    assert PIPELINES["cycleulm-ncc"].gate == DEFAULT_GATE and PIPELINES["baseline1"].gate == "none"
+    gated = run_pipeline(sim.frames, "cycleulm-ncc", psf, block_size=10)
+    free = run_pipeline(sim.frames, "cycleulm-ncc", psf, block_size=10, gate="none")
+    assert gated.params["gate"] == DEFAULT_GATE and free.params["gate"] == "none"
+    # A gate only removes: never more localisations than MB-DT's output alone.
+    assert 0 < gated.n_localisations <= free.n_localisations
+    # The temporal gate reads context across blocks: its result does not depend on the block size.
+    a = run_pipeline(sim.frames, "cycleulm-ncc", psf, block_size=7, gate="temporal").localisations
+    b = run_pipeline(sim.frames, "cycleulm-ncc", psf, block_size=30, gate="temporal").localisations
+    np.testing.assert_allclose(a.positions, b.positions, atol=1e-4)
+    with pytest.raises(CycleULMError, match="unknown gate"):
+        run_pipeline(sim.frames, "cycleulm-ncc", psf, gate="bogus")

@@ -22,6 +22,7 @@ from napari_cycleulm._widgets.translate_widget import TranslateWidget  # noqa: E
 from napari_cycleulm.checkpoint import load_checkpoint  # noqa: E402
 from napari_cycleulm.localise import localise_mblnet  # noqa: E402
 from napari_cycleulm.stages import LOCALISERS, run_scale  # noqa: E402
+from napari_cycleulm.temporal import DEFAULT_GATE  # noqa: E402
 from napari_cycleulm.psf import PSF  # noqa: E402
 from napari_cycleulm.roi import count_patches, rois_to_mask  # noqa: E402
 from napari_cycleulm.translate import translate  # noqa: E402
@@ -69,6 +70,10 @@ def test_translate_widget_makes_mb_only_layer_with_the_input_geometry(make_napar
     w = TranslateWidget(viewer)
     w.image.value = ceus
     w.block_size.value = 4  # several blocks: neighbours cross block borders
+    # The pipelines' evidence gate by default (its result is compared with the pipeline in
+    # test_widget_pipeline_parity.py); here MB-DT's own output, block by block.
+    assert w.gate.value == DEFAULT_GATE
+    w.gate.value = "none"
     w.model.use_file(nets["mbdt"])
     assert str(nets["mbdt"]) in w.model.active.value
     run_widget(qtbot, w)
