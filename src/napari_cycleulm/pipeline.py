@@ -39,13 +39,17 @@ seeds 31-34, none used for training or reports): each default is the
 threshold whose worst F1 loss (1 px tolerance) against each setting's own
 best threshold is smallest, so it is near-best on all four at once.
 
-* ``cycleulm-ncc`` 0.75 (NCC score): worst loss 0.016 F1 (0.6: 0.12; 0.95:
-  0.32).  MB-DT leaves small speckle-born blobs that NCC, blind to brightness,
-  accepts at lower thresholds.
-* ``cycleulm-decon`` 0.1 (amplitude, MB-only units): worst loss 0.011; flat
-  between 0.025 and 0.2.
-* ``cycleulm-loc`` 0.4 (3x3 summed MBL-Net probability): worst loss 0.048
-  (0.5: 0.14).
+Re-chosen for the current MB-DT and MBL-Net with the default evidence gate
+(``docs/results/thresholds.json``):
+
+* ``cycleulm-ncc`` 0.1875 (NCC score): worst loss 0.000 F1, mean F1 0.437
+  (0.75, the default before the gate: worst loss 0.136, mean 0.379).  The
+  gate removes the speckle-born blobs that NCC, blind to brightness, used to
+  accept at low thresholds.
+* ``cycleulm-decon`` 0.1 (amplitude, MB-only units): worst loss 0.016 (the
+  minimax 0.079: 0.015); flat between 0.025 and 0.2.
+* ``cycleulm-loc`` 0.4 (3x3 summed MBL-Net probability): worst loss 0.004
+  (the minimax 0.504: 0.004).
 * ``cycleulm-e2e`` 0.4 (trajectory probability a pixel must reach to count;
   smallest worst-case trajectory-F1 loss on synthetic sequences of three PSF
   sizes, see :data:`napari_cycleulm.e2e.PROB_THRESHOLD`).
