@@ -34,10 +34,18 @@ from napari_cycleulm.simulate import simulate
 #: clutter, sparse to dense, small to large PSF.  Seeds differ from the training
 #: (101-106, 999), accuracy (2026) and MB-DT benchmark (2027) seeds.
 SETTINGS = [
-    (-6.0, 10.0, (200.0, 300.0), 31),
-    (-12.0, 20.0, (150.0, 250.0), 32),
-    (-12.0, 40.0, (250.0, 350.0), 33),
-    (-20.0, 30.0, (300.0, 400.0), 34),
+    dict(clutter_db=-6.0, density=10.0, psf_fwhm_um=(200.0, 300.0), seed=31),
+    dict(clutter_db=-12.0, density=20.0, psf_fwhm_um=(150.0, 250.0), seed=32),
+    dict(clutter_db=-12.0, density=40.0, psf_fwhm_um=(250.0, 350.0), seed=33),
+    dict(clutter_db=-20.0, density=30.0, psf_fwhm_um=(300.0, 400.0), seed=34),
+]
+
+#: With ``--with-gate-settings``: the two further selection settings of benchmarks/gate_selection.py
+#: (nearly static 0 dB clutter; 3 bubbles per frame in -10 dB noise), so that thresholds and gate
+#: are chosen on the same six settings.
+GATE_SETTINGS = [
+    dict(clutter_db=0.0, clutter_correlation=0.999, density=20.0, psf_fwhm_um=(200.0, 300.0), seed=35),
+    dict(clutter_db=-10.0, noise_db=-10.0, density=3.0, psf_fwhm_um=(250.0, 250.0), seed=36),
 ]
 
 
@@ -53,17 +61,23 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=(128, 160))
     ap.add_argument("--tolerance", type=float, default=1.0)
     ap.add_argument("--out", default="bench_out/thresholds")
+    ap.add_argument("--with-gate-settings", action="store_true",
+                    help="also the two further selection settings of gate_selection.py (seeds 35, 36)")
+    ap.add_argument("--candidates", type=float, nargs="+", default=None,
+                    help="thresholds to try (default: a geometric grid around each pipeline's default)")
     args = ap.parse_args(argv)
     warnings.simplefilter("ignore", UserWarning)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     table: dict[str, list] = {p: [] for p in args.pipelines}
-    for clutter, density, fwhm, seed in SETTINGS:
-        sim = simulate(args.frames, *args.size, density=density, clutter_db=clutter,
-                       psf_fwhm_um=fwhm, seed=seed)
+    for setting in SETTINGS + (GATE_SETTINGS if args.with_gate_settings else []):
+        clutter, density, fwhm, seed = (setting["clutter_db"], setting["density"], setting["psf_fwhm_um"],
+                                        setting["seed"])
+        sim = simulate(args.frames, *args.size, **setting)
         psf = estimate_psf_auto(sim.frames).psf
         for name in args.pipelines:
-            ths = candidates(PIPELINES[name].threshold)
+            ths = (np.asarray(sorted(args.candidates)) if args.candidates
+                   else candidates(PIPELINES[name].threshold))
             t0 = time.perf_counter()
             res = drive(iter_pipeline(sim.frames, name, psf, threshold=float(ths[0]), block_size=100))
             locs = res.localisations

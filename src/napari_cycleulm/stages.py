@@ -118,7 +118,7 @@ def _mblnet(frames, psf, **kw):
 LOCALISERS: dict[str, Localiser] = {
     "ncc": Localiser(
         "ncc", _ncc, "normalised cross-correlation with the PSF",
-        threshold_ceus=0.3, threshold_mbonly=0.1875, threshold_unit="NCC score (0-1)",
+        threshold_ceus=0.3, threshold_mbonly=0.75, threshold_unit="NCC score (0-1)",
     ),
     "decon": Localiser(
         "decon", _decon, "sparsity-based deconvolution with the PSF",
