@@ -77,3 +77,16 @@ def test_pipelines_gate_mb_dt_output_by_default_and_record_it():
     np.testing.assert_allclose(a.positions, b.positions, atol=1e-4)
     with pytest.raises(CycleULMError, match="unknown gate"):
         run_pipeline(sim.frames, "cycleulm-ncc", psf, gate="bogus")
+
+
+def test_transient_count_counts_the_moving_bubble_not_the_static_blobs():
+    from napari_cycleulm.temporal import transient_count
+
+    frames, _, _ = _scene(seed=3)
+    per_frame, amplitudes = transient_count(frames, PSF(1.5, 2.0))
+    # One bubble crosses the frame; the two bright static blobs and the noise do not count.
+    assert 0.4 <= per_frame <= 2.0
+    # Noise peaks pass too (the negative ones cancel them in the count); the brightest are the bubble.
+    assert np.sort(amplitudes)[-15:].min() > 0.5
+    with pytest.raises(CycleULMError, match="at least 3 frames"):
+        transient_count(frames[:2], PSF(1.5, 2.0))
