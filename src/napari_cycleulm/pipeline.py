@@ -87,7 +87,7 @@ from .progress import Progress, drive
 from .psf import PSF, PSFEstimate, check_psf_extent
 from .render import SRMaps, SRRenderer
 from .tables import Localisations, TableWriter, Tracks
-from .stages import CALIBRATION_FRAMES, LOCALISERS, localise_block, run_scale
+from .stages import CALIBRATION_FRAMES, LOCALISERS, calibration_frames, localise_block, run_scale  # noqa: F401 (CALIBRATION_FRAMES re-exported)
 from .track import Linker
 
 
@@ -388,7 +388,7 @@ def iter_pipeline(
         timer.add("load models", t0)
 
     # The first frames calibrate the run: automatic PSF and intensity scale.
-    calibration = ulm_io.read_block(stack, 0, min(n_frames, CALIBRATION_FRAMES))
+    calibration = calibration_frames(stack)
 
     if isinstance(psf, str):
         if psf != "auto":

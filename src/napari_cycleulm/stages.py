@@ -205,6 +205,16 @@ def localise_block(
     return entry.function(block, psf, threshold=threshold, **kw)
 
 
+def calibration_frames(stack) -> np.ndarray:
+    """The first :data:`CALIBRATION_FRAMES` frames of a stack, as float32.
+
+    A run's intensity scale (:func:`run_scale`) and its automatic PSF come
+    from them, whatever the block size, so that every block of the run and
+    every tool that repeats a pipeline stage agree.
+    """
+    return ulm_io.read_block(stack, 0, min(len(stack), CALIBRATION_FRAMES))
+
+
 def run_scale(stack, scale: float | None = None) -> float:
     """The run's intensity factor: ``scale`` when given, else from the first :data:`CALIBRATION_FRAMES`."""
     if scale is not None:
@@ -212,7 +222,7 @@ def run_scale(stack, scale: float | None = None) -> float:
         if not (np.isfinite(scale) and scale > 0):
             raise CycleULMError(f"the intensity scale must be a positive number, got {scale}.")
         return scale
-    return intensity_scale(ulm_io.read_block(stack, 0, min(len(stack), CALIBRATION_FRAMES)))
+    return intensity_scale(calibration_frames(stack))
 
 
 def iter_localise(
@@ -283,6 +293,7 @@ __all__ = [
     "CALIBRATION_FRAMES",
     "LOCALISERS",
     "Localiser",
+    "calibration_frames",
     "get_localiser",
     "iter_localise",
     "localise_block",

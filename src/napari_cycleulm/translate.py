@@ -23,7 +23,7 @@ from . import io as ulm_io
 from .arrays import as_frames, as_image, intensity_scale
 from .errors import CycleULMError
 from .models import resolve_network
-from .stages import CALIBRATION_FRAMES
+from .stages import run_scale
 from .temporal import block_gate
 
 __all__ = ["translate", "iter_translate", "intensity_scale"]
@@ -179,7 +179,7 @@ def iter_translate(
         )
     n = shape[0]
     if scale is None:
-        scale = intensity_scale(ulm_io.read_block(stack, 0, min(n, CALIBRATION_FRAMES)))
+        scale = run_scale(stack)
     scale = np.float32(_check_scale(scale))
     net, dev, _ = resolve_network("mbdt", model, device)
     prev = None

@@ -24,8 +24,6 @@ from napari_cycleulm._widgets._model_picker import record_trained_model  # noqa:
 from napari_cycleulm._widgets.psf_widget import PSFWidget  # noqa: E402
 from napari_cycleulm._widgets.render_widget import RenderWidget  # noqa: E402
 from napari_cycleulm._widgets.train_widget import TrainWidget  # noqa: E402
-from napari_cycleulm._widgets.workflow_widget import WorkflowWidget  # noqa: E402
-from napari_cycleulm.errors import CycleULMError  # noqa: E402
 from napari_cycleulm.pipeline import PIPELINES  # noqa: E402
 from napari_cycleulm.psf import PSF  # noqa: E402
 

@@ -182,6 +182,32 @@ def psf_from_layer(layer: Layer | None) -> PSF:
     return PSF.from_dict(payload)
 
 
+def psf_or_auto(psf_layer: Layer | None, stack, source: Layer) -> tuple[PSF, str]:
+    """The PSF of a PSF layer, else the pipelines' automatic estimate, and where it came from.
+
+    The estimate is the pipelines' own (``psf="auto"``): isolated bubbles of
+    the first :data:`~napari_cycleulm.stages.CALIBRATION_FRAMES` frames of
+    ``stack``, with ``source``'s pixel size.
+
+    Returns
+    -------
+    (PSF, str)
+        The PSF and the PSF layer's name or ``"auto"``.
+
+    Raises
+    ------
+    CycleULMError
+        When too few isolated bubbles are found for the estimate.
+    """
+    from ..psf import estimate_psf_auto
+    from ..stages import calibration_frames
+
+    if psf_layer is not None and PSF_METADATA_KEY in psf_layer.metadata:
+        return psf_from_layer(psf_layer), psf_layer.name
+    est = estimate_psf_auto(calibration_frames(stack), pixel_size_um=source.metadata.get("pixel_size_um"))
+    return est.psf, "auto"
+
+
 def psf_params(psf: PSF | None) -> dict | None:
     """The numbers of a PSF worth recording in a result's parameters (no kernels)."""
     if psf is None:

@@ -18,8 +18,8 @@ from ..progress import Progress
 from ..stages import CALIBRATION_FRAMES, run_scale
 from ._base import StageWidget
 from ._layers import (
-    NORMALISED_KEY, PSF_METADATA_KEY, add_result, geometry_of, psf_from_layer, psf_params, result_buffer,
-    result_metadata, result_name, stack_from_layer,
+    NORMALISED_KEY, add_result, geometry_of, psf_or_auto, psf_params, result_buffer, result_metadata,
+    result_name, stack_from_layer,
 )
 
 
@@ -42,17 +42,6 @@ class DenoiseWidget(StageWidget):
         self.extend([self.image, self.psf_layer, self.method, self.window, self.sensitivity, self.cutoff,
                      self.svd_block])
         self.finish_layout()
-
-    def _psf(self, stack, layer):
-        """The PSF layer's PSF, or the pipelines' automatic estimate on the first frames."""
-        from ..psf import estimate_psf_auto
-
-        chosen = self.psf_layer.value
-        if chosen is not None and PSF_METADATA_KEY in chosen.metadata:
-            return psf_from_layer(chosen), chosen.name
-        calibration = ulm_io.read_block(stack, 0, min(len(stack), CALIBRATION_FRAMES))
-        est = estimate_psf_auto(calibration, pixel_size_um=layer.metadata.get("pixel_size_um"))
-        return est.psf, "auto"
 
     def work(self):
         from ..preprocess import adaptive_threshold, svd_clutter_filter
@@ -80,7 +69,7 @@ class DenoiseWidget(StageWidget):
 
             return run_svd()
         stack = stack_from_layer(layer)
-        psf, psf_name = self._psf(stack, layer)
+        psf, psf_name = psf_or_auto(self.psf_layer.value, stack, layer)
         window = self.window.value or None
         sens = self.sensitivity.value
         scale = run_scale(stack)

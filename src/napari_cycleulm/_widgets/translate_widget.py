@@ -8,7 +8,6 @@ from magicgui.widgets import ComboBox, SpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_warning
 
-from .. import io as ulm_io
 from ..errors import CycleULMError
 from ..progress import Progress
 from ..stages import CALIBRATION_FRAMES, run_scale
@@ -16,8 +15,8 @@ from ..temporal import DEFAULT_GATE, GATE_MODES, gate_kwargs
 from ..translate import iter_translate
 from ._base import StageWidget
 from ._layers import (
-    PSF_METADATA_KEY, add_result, geometry_of, psf_from_layer, psf_params, result_buffer, result_metadata,
-    result_name, stack_from_layer,
+    add_result, geometry_of, psf_or_auto, psf_params, result_buffer, result_metadata, result_name,
+    stack_from_layer,
 )
 from ._model_picker import ModelPicker
 
@@ -54,17 +53,10 @@ class TranslateWidget(StageWidget):
         gate = self.gate.value
         psf = None
         if gate_kwargs(gate) is not None:
-            chosen = self.psf_layer.value
-            if chosen is not None and PSF_METADATA_KEY in chosen.metadata:
-                psf = psf_from_layer(chosen)
-            else:  # the pipelines' automatic estimate
-                from ..psf import estimate_psf_auto
-
-                calibration = ulm_io.read_block(frames, 0, min(len(frames), CALIBRATION_FRAMES))
-                try:
-                    psf = estimate_psf_auto(calibration, pixel_size_um=layer.metadata.get("pixel_size_um")).psf
-                except CycleULMError as exc:  # as cycleulm-loc does: the gate then works without the PSF
-                    show_warning(f"the gate uses no PSF (window from the frame size): {exc}")
+            try:
+                psf, _ = psf_or_auto(self.psf_layer.value, frames, layer)
+            except CycleULMError as exc:  # as cycleulm-loc does: the gate then works without the PSF
+                show_warning(f"the gate uses no PSF (window from the frame size): {exc}")
         self._params = {"model": str(ck.path) if ck.path else "default", "block_size": block, "gate": gate,
                         "psf": psf_params(psf)}
         scale = run_scale(frames)
