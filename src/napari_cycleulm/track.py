@@ -44,6 +44,24 @@ passes without a detection.  The missed frames are not filled in the output
 unless ``interpolate_gaps=True`` (linear interpolation, flagged by an
 ``interpolated`` column equal to 1).
 
+Motion prior (optional, ``motion_prior``): a callable ``prior(frames, y, x)
+-> (vy, vx)`` giving an expected velocity field in pixels/frame (NaN where
+unknown), e.g. a :class:`~napari_cycleulm.motion_prior.VelocityPrior` of
+MBT-Net's velocity maps (the paper's proposal for explicit tracks).  For each
+live track the prior is sampled at its (Kalman) position at its last
+detection and fused with the track's own velocity as an independent estimate
+of standard deviation ``prior_noise`` (pixels/frame):
+``v = v_track + w (v_prior - v_track)`` with ``w = p_vv / (p_vv + prior_noise**2)``,
+``p_vv`` the Kalman velocity variance predicted over ``dt``.  A track with a
+single point has ``p_vv = max_distance**2`` (no velocity yet), so it follows
+the prior almost fully; an established track blends the two.  The linking
+prediction is then ``z_last_kalman + v dt``, and tracks with a prior (one
+point or more) are costed and gated on the distance to it (``|z - z_pred|``,
+gate ``max_distance``) instead of nearest-neighbour.  The Kalman state itself
+is updated as without a prior, so the prior steers the assignment only.
+Where the prior is NaN the track is linked exactly as without a prior, and
+``motion_prior=None`` (the default) is the plain Kalman linker.
+
 Output velocities ``vy, vx`` (pixels/frame) are the slope of a least-squares
 line through ``velocity_window`` consecutive points of the track (a window
 shifted inwards at the track ends), using the true frame numbers, so gaps are
@@ -175,6 +193,15 @@ class Linker:
     interpolate_gaps : bool
         Fill frames missed inside a track by linear interpolation (rows with
         ``interpolated == 1``).  Default False: gap frames are absent.
+    motion_prior : callable, optional
+        ``prior(frames, y, x) -> (vy, vx)`` on 1-D arrays (frame indices,
+        pixels), velocities in pixels/frame, NaN where unknown; see the module
+        notes and :class:`~napari_cycleulm.motion_prior.VelocityPrior`.
+        Default None: constant-velocity Kalman prediction only.
+    prior_noise : float
+        Standard deviation of the prior's velocity error, pixels/frame; larger
+        values trust the track's own velocity more.  Default 0.5.  Ignored
+        without ``motion_prior``.
 
     Notes
     -----
@@ -196,6 +223,8 @@ class Linker:
         max_cost: float | None = None,
         velocity_window: int = 5,
         interpolate_gaps: bool = False,
+        motion_prior=None,
+        prior_noise: float = 0.5,
     ) -> None:
         _check_number("max_distance", max_distance, 0)
         _check_number("max_gap", max_gap, 0, strict=False, integer=True)
@@ -204,6 +233,12 @@ class Linker:
         _check_number("process_noise", process_noise, 0)
         _check_number("measurement_noise", measurement_noise, 0)
         _check_number("velocity_window", velocity_window, 2, strict=False, integer=True)
+        _check_number("prior_noise", prior_noise, 0)
+        if motion_prior is not None and not callable(motion_prior):
+            raise CycleULMError(
+                "motion_prior must be a callable prior(frames, y, x) -> (vy, vx) (e.g. a "
+                f"motion_prior.VelocityPrior), got {type(motion_prior).__name__}."
+            )
         if max_cost is None:
             max_cost = float(max_distance) + float(intensity_weight) * math.log(4.0)
         _check_number("max_cost", max_cost, 0)
@@ -216,6 +251,8 @@ class Linker:
         self.max_cost = float(max_cost)
         self.velocity_window = int(velocity_window)
         self.interpolate_gaps = bool(interpolate_gaps)
+        self.motion_prior = motion_prior
+        self.prior_noise = float(prior_noise)
 
         self._q = self.process_noise**2
         self._r = self.measurement_noise**2
@@ -351,7 +388,11 @@ class Linker:
         if n and m:
             dt = (f - self._last).astype(np.float64)
             pred = self._kpos + self._kvel * dt[:, None]
-            ti, dj, cost = self._candidates(z, logi, dt, pred)
+            if self.motion_prior is None:
+                ti, dj, cost = self._candidates(z, logi, dt, pred)
+            else:
+                link_pred, has_prior = self._prior_prediction(dt, pred)
+                ti, dj, cost = self._candidates(z, logi, dt, link_pred, has_prior)
             ti, dj = self._assign(ti, dj, cost)
             if ti.size:
                 self._update(ti, z[dj], dt[ti], pred[ti], None if logi is None else logi[dj], f)
@@ -383,7 +424,27 @@ class Linker:
             self._lcnt = np.concatenate([self._lcnt, lc])
         return det_cid
 
-    def _candidates(self, z, logi, dt, pred):
+    def _prior_prediction(self, dt, pred):
+        """Positions predicted with the motion prior, and which tracks have a prior value."""
+        n = self._cid.size
+        out = self.motion_prior(self._last.copy(), self._kpos[:, 0].copy(), self._kpos[:, 1].copy())
+        try:
+            vy, vx = (np.asarray(v, dtype=np.float64).reshape(-1) for v in out)
+        except (TypeError, ValueError):
+            raise CycleULMError("motion_prior must return a pair (vy, vx) of arrays.") from None
+        if vy.size != n or vx.size != n:
+            raise CycleULMError(
+                f"motion_prior returned {vy.size} and {vx.size} values for {n} positions."
+            )
+        has = np.isfinite(vy) & np.isfinite(vx)
+        pvv = self._P[:, 2] + self._q * dt  # velocity variance predicted over dt
+        w = pvv / (pvv + self.prior_noise**2)
+        vp = np.stack([np.where(has, vy, 0.0), np.where(has, vx, 0.0)], axis=1)
+        v = self._kvel + w[:, None] * (vp - self._kvel)
+        link_pred = np.where(has[:, None], self._kpos + v * dt[:, None], pred)
+        return link_pred, has
+
+    def _candidates(self, z, logi, dt, pred, has_prior=None):
         """Gated (track, detection, cost) triples with cost < max_cost."""
         n, m = self._cid.size, z.shape[0]
         if n * m <= _DENSE_PAIRS:
@@ -398,6 +459,8 @@ class Linker:
         d_last = np.hypot(z[dj, 0] - self._zlast[ti, 0], z[dj, 1] - self._zlast[ti, 1])
         d_pred = np.hypot(z[dj, 0] - pred[ti, 0], z[dj, 1] - pred[ti, 1])
         fresh = self._npts[ti] < 2
+        if has_prior is not None:
+            fresh &= ~has_prior[ti]  # a prior predicts even a one-point track
         ok = (d_last <= self.max_distance * dtt) & (fresh | (d_pred <= self.max_distance))
         cost = np.where(fresh, d_last / dtt, d_pred)
         if logi is not None:
@@ -625,7 +688,7 @@ def track(localisations, **params) -> Tracks:
         Parameters of :class:`Linker` (``max_distance=3.0``, ``max_gap=1``,
         ``min_length=4``, ``intensity_weight=0.5``, ``process_noise=0.3``,
         ``measurement_noise=0.2``, ``max_cost=None``, ``velocity_window=5``,
-        ``interpolate_gaps=False``).
+        ``interpolate_gaps=False``, ``motion_prior=None``, ``prior_noise=0.5``).
 
     Returns
     -------

@@ -97,6 +97,13 @@ NORMALISATION_PERCENTILE = 99.9
 #: lambda/2 to lambda/4 with FWHMs of 1-3 wavelengths.
 DEFAULT_GENERALIST_SIGMA_RANGE_PX = ((0.5, 2.5), (0.5, 2.5))
 
+#: Positive-class weight of MBT-Net's trajectory BCE (``loss_params["pos_weight"]``
+#: default of :func:`iter_train_mbtnet`).  Thin trajectories cover ~2 % of the x4
+#: grid; without this weight the network learns to predict no trajectory at all.
+#: The shipped ``mbtnet_default.pt`` was trained with 10 (its
+#: ``extra["training"]["loss_params"]``).
+MBTNET_POS_WEIGHT = 10.0
+
 #: PSF rotation (radians) below which single-axis flips are used as augmentation:
 #: a Gaussian is mirror-symmetric only about its principal axes (a rotated one
 #: is always symmetric under a 180 degree rotation, which is used regardless).
@@ -1111,7 +1118,9 @@ def iter_train_mbtnet(
         :class:`~napari_cycleulm.nets.MBTNet` arguments (``n_frames`` is set
         from ``n_frames``).
     loss_params : dict, optional
-        Extra arguments of :func:`~napari_cycleulm.losses.mbtnet_loss`.
+        Extra arguments of :func:`~napari_cycleulm.losses.mbtnet_loss`;
+        ``pos_weight`` defaults to :data:`MBTNET_POS_WEIGHT` (10, the shipped
+        weights' value; pass ``{"pos_weight": None}`` for an unweighted BCE).
 
     Returns
     -------
@@ -1134,7 +1143,7 @@ def iter_train_mbtnet(
         raise CycleULMError(
             f"the starting MBT-Net takes {model.config['n_frames']} frames but n_frames={nf}."
         )
-    lp = dict(loss_params or {})
+    lp = {"pos_weight": MBTNET_POS_WEIGHT, **(loss_params or {})}
     config.update(n_frames=nf, upsampling=MBTNET_UPSCALE, loss_params=lp)
     amp = _Precision(dev)
     rng = np.random.default_rng([seed, start])
