@@ -1,4 +1,4 @@
-"""napari writer hooks: Image -> TIFF/NPY/PNG, Points and Tracks -> CSV.
+"""napari writer hooks: Image -> TIFF/NPY/zarr/PNG, Points and Tracks -> CSV.
 
 All files are written atomically.  Coordinates are written in pixels as
 ``(frame, y, x)`` (points) and ``(track_id, frame, y, x)`` (tracks).  An
@@ -26,7 +26,9 @@ def write_image(path: str, data, meta: dict) -> list[str]:
     Parameters
     ----------
     path : str
-        Destination: ``.npy`` writes NPY; ``.tif``/``.tiff`` a float32 TIFF,
+        Destination: ``.npy`` writes NPY; ``.zarr`` a zarr store chunked
+        along time (:func:`io.write_stack`; a dask layer is written block by
+        block); ``.tif``/``.tiff`` a float32 TIFF,
         calibrated (resolution tags in micrometres, ImageJ style) when the
         layer's pixel size is known; ``.png`` the 2-D image colour-mapped as
         napari shows it (the layer's colormap, contrast limits and gamma) with
@@ -55,7 +57,7 @@ def write_image(path: str, data, meta: dict) -> list[str]:
     ext = p.suffix.lower()
     if ext == ".png":
         return [str(_write_png(p, data, meta))]
-    if ext not in (".tif", ".tiff", ".npy"):
+    if ext not in (".tif", ".tiff", ".npy", ".zarr"):
         p = p.with_name(p.name + ".tif")
         ext = ".tif"
     px = pixel_size_from_meta(meta or {}, "image")
@@ -63,7 +65,7 @@ def write_image(path: str, data, meta: dict) -> list[str]:
         isinstance(data, np.ndarray) and data.ndim in (2, 3) and data.nbytes < 2**31
         and not np.iscomplexobj(data) and (np.issubdtype(data.dtype, np.number) or data.dtype == bool)
     )
-    if ext != ".npy" and px is not None and plain:
+    if ext in (".tif", ".tiff") and px is not None and plain:
         write_map_tiff(p, data, px, info={"layer": (meta or {}).get("name")})
         return [str(p)]
     write_stack(p, data)

@@ -84,7 +84,7 @@ def _read_input(args, path: Path, lazy: bool = False):
     """The input stack, with ``--variable`` for MAT / HDF5 files."""
     from .io import read_stack
 
-    return read_stack(path, variable=getattr(args, "variable", None), lazy=lazy)
+    return read_stack(path, variable=getattr(args, "variable", None), lazy=lazy, keep_phase=lazy)
 
 
 def _check_device(args) -> None:

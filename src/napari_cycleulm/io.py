@@ -5,8 +5,8 @@ Axis convention
 Every stack returned here is ``(frames, height, width)`` = ``(T, H, W)``,
 with ``H`` the axial (depth) axis and ``W`` the lateral axis.
 
-* TIFF, NPY and plain HDF5 (``.h5``/``.hdf5`` written from Python) are read
-  as stored: their arrays must already be ``(T, H, W)`` (or ``(H, W)``).
+* TIFF, NPY, zarr and plain HDF5 (``.h5``/``.hdf5`` written from Python) are
+  read as stored: their arrays must already be ``(T, H, W)`` (or ``(H, W)``).
 * MATLAB files (``.mat``, v5 and v7.3) follow MATLAB's usual ``(H, W, T)``
   order and become ``(T, H, W)``.  MATLAB v7.3 files are HDF5 files that
   store arrays transposed (an ``(H, W, T)`` MATLAB array is an HDF5 dataset of
@@ -14,9 +14,20 @@ with ``H`` the axial (depth) axis and ``W`` the lateral axis.
   header is treated like a ``.mat`` file whatever its extension.
 
 Complex IQ data (MAT v5 complex arrays, HDF5 compound ``real``/``imag``
-datasets, complex NPY/TIFF) is converted to its magnitude with a warning.
+datasets as Verasonics / PALA write them in MAT v7.3 files, complex
+NPY/TIFF/zarr) is kept complex (complex64) with ``read_stack(...,
+keep_phase=True)``, which is what the pipelines' SVD clutter filter needs;
+otherwise it is converted to its magnitude (float32) with a warning.  Code that
+needs intensities (display, PSF picking) gets them from :func:`magnitude`, a
+lazy view for lazy stacks, and :meth:`LazyStack.block` / :func:`read_block`
+return the magnitude of complex frames.
 
-Supported extensions: ``.tif .tiff .npy .mat .h5 .hdf5`` for stacks and
+Zarr stores (``.zarr`` folders) are read lazily, chunk by chunk;
+:func:`write_stack` writes them chunked along time (:data:`ZARR_CHUNK_BYTES`
+per chunk), and :func:`to_dask` wraps any lazy stack as a dask array with
+frame chunks, which is how the napari reader shows long acquisitions.
+
+Supported extensions: ``.tif .tiff .npy .mat .h5 .hdf5 .zarr`` for stacks and
 ``.csv`` for tables.
 """
 
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import logging
 import os
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,13 +53,23 @@ __all__ = [
     "LazyStack",
     "iter_blocks",
     "read_stack",
+    "magnitude",
     "read_table",
+    "to_dask",
     "write_stack",
 ]
 
 log = logging.getLogger(__name__)
 
-STACK_EXTENSIONS = (".tif", ".tiff", ".npy", ".mat", ".h5", ".hdf5")
+STACK_EXTENSIONS = (".tif", ".tiff", ".npy", ".mat", ".h5", ".hdf5", ".zarr")
+#: Stack formats that are folders rather than files.
+FOLDER_EXTENSIONS = (".zarr",)
+#: Target size of one zarr chunk written by :func:`write_stack` (whole frames,
+#: at least one): a few frames of a 511x659 acquisition, small enough that
+#: showing one frame in napari reads little more than that frame.
+ZARR_CHUNK_BYTES = 8 * 2**20
+#: Frames read and written at a time by :func:`write_stack` (about this many bytes).
+_WRITE_BLOCK_BYTES = 64 * 2**20
 TABLE_EXTENSIONS = (".csv",)
 _COMPLEX_NOTE = (
     "complex IQ data: using its magnitude; run the SVD clutter filter on the IQ "
@@ -79,6 +101,14 @@ class LazyStack:
         Releases the underlying file.
     source : str, optional
         Path of the file, for messages.
+    chunk_frames : int, optional
+        Frames per stored chunk when the format has chunks (zarr, chunked
+        HDF5): the natural unit of a read, used by :func:`to_dask`.
+
+    Notes
+    -----
+    A complex (IQ) stack keeps its complex dtype through indexing and
+    ``numpy.asarray``; :meth:`block` returns its magnitude.
     """
 
     def __init__(
@@ -88,12 +118,15 @@ class LazyStack:
         read: Callable[[int, int], np.ndarray],
         close: Callable[[], None] | None = None,
         source: str = "",
+        chunk_frames: int | None = None,
     ) -> None:
         self._shape = tuple(int(s) for s in shape)
         self._dtype = np.dtype(dtype)
         self._read = _reporting_reader(read, source)
         self._close = close
         self.source = source
+        self.chunk_frames = None if chunk_frames is None else max(1, int(chunk_frames))
+        self._warned_complex = False
 
     # array-like protocol ----------------------------------------------------
     @property
@@ -163,13 +196,29 @@ class LazyStack:
         return data[(slice(None), *rest)]
 
     # convenience ------------------------------------------------------------
+    @property
+    def is_complex(self) -> bool:
+        """Whether the frames are complex IQ data."""
+        return np.issubdtype(self._dtype, np.complexfloating)
+
     def block(self, start: int, stop: int) -> np.ndarray:
-        """Frames ``start:stop`` as a float32 ``(stop - start, H, W)`` array."""
+        """Frames ``start:stop`` as a float32 ``(stop - start, H, W)`` array.
+
+        Complex (IQ) frames become their magnitude, with a warning the first
+        time: code that reads blocks wants intensities, and an unfiltered IQ
+        magnitude is dominated by tissue (run the clutter filter first).
+        """
         n = self._shape[0]
         start, stop = max(0, int(start)), min(n, int(stop))
         if stop <= start:
             return np.empty((0, *self._shape[1:]), np.float32)
-        return np.asarray(self._read(start, stop), dtype=np.float32)
+        data = self._read(start, stop)
+        if self.is_complex:
+            if not self._warned_complex:
+                self._warned_complex = True
+                _warn_complex(self.source or "the stack")
+            return _magnitude(data)
+        return np.asarray(data, dtype=np.float32)
 
     def close(self) -> None:
         """Release the underlying file (further reads may fail)."""
@@ -205,12 +254,116 @@ def _in_memory(arr: np.ndarray, source: str = "") -> LazyStack:
     return LazyStack(arr.shape, arr.dtype, lambda a, b: arr[a:b], source=source)
 
 
+def _is_lazy_array(obj) -> bool:
+    """An array-like that reads on indexing (LazyStack, dask, zarr, h5py): never ``numpy.asarray`` it whole."""
+    return (
+        not isinstance(obj, np.ndarray)
+        and all(hasattr(obj, a) for a in ("shape", "dtype", "__getitem__"))
+        and len(getattr(obj, "shape", ())) == 3
+    )
+
+
+def magnitude(stack):
+    """The envelope (magnitude) of complex IQ frames; real frames are returned unchanged.
+
+    Parameters
+    ----------
+    stack : numpy.ndarray, LazyStack or array-like (dask, zarr), shape (T, H, W)
+        Frames, complex (IQ) or real.
+
+    Returns
+    -------
+    numpy.ndarray, LazyStack or dask array
+        float32 magnitude of the same shape: a NumPy array for a NumPy input,
+        a lazy view computed on indexing for a :class:`LazyStack` or another
+        lazy array (a dask array stays a dask array).  Real input is returned
+        as it is.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> magnitude(np.full((1, 2, 2), 3 + 4j))[0, 0, 0]
+    5.0
+    """
+    dtype = np.dtype(getattr(stack, "dtype", np.float32))
+    if not (np.issubdtype(dtype, np.complexfloating) or _is_real_imag(dtype)):
+        return stack
+    if isinstance(stack, np.ndarray):
+        return _magnitude(stack)
+    if type(stack).__module__.startswith("dask"):
+        return abs(stack).astype(np.float32)
+    shape = tuple(int(s) for s in stack.shape)
+    if len(shape) != 3:
+        return _magnitude(np.asarray(stack))
+    return LazyStack(shape, np.float32, lambda a, b: _magnitude(np.asarray(stack[a:b])),
+                     source=getattr(stack, "source", ""),
+                     chunk_frames=getattr(stack, "chunk_frames", None))
+
+
+def _default_chunk_frames(shape, dtype, target_bytes: int = ZARR_CHUNK_BYTES) -> int:
+    frame_bytes = max(1, int(np.prod(shape[1:])) * np.dtype(dtype).itemsize)
+    return int(max(1, min(int(shape[0]), target_bytes // frame_bytes)))
+
+
+def to_dask(stack, chunk_frames: int | None = None):
+    """A ``(T, H, W)`` stack as a dask array chunked along time (whole frames per chunk).
+
+    napari shows a dask array by computing only the chunk of the frame on
+    screen, so scrolling a 25,000-frame acquisition reads a few frames per
+    step instead of the file.
+
+    Parameters
+    ----------
+    stack : LazyStack, numpy.ndarray or array-like (zarr, h5py), shape (T, H, W)
+        Frames; not read here.
+    chunk_frames : int, optional
+        Frames per dask chunk; default the stack's stored chunk
+        (``stack.chunk_frames``, e.g. a zarr chunk) or about
+        :data:`ZARR_CHUNK_BYTES` of frames.
+
+    Returns
+    -------
+    dask.array.Array
+        Same shape and dtype; complex stays complex (see :func:`magnitude`).
+
+    Raises
+    ------
+    CycleULMError
+        If the stack is not 3-D or ``chunk_frames`` is not a positive whole number.
+    """
+    import dask.array as da
+
+    if type(stack).__module__.startswith("dask"):
+        return stack
+    shape = tuple(int(s) for s in stack.shape)
+    if len(shape) != 3:
+        raise _shape_error("stack", shape)
+    if chunk_frames is None:
+        chunk_frames = getattr(stack, "chunk_frames", None) or _default_chunk_frames(shape, stack.dtype)
+    if int(chunk_frames) != chunk_frames or chunk_frames < 1:
+        raise CycleULMError(f"chunk_frames must be a whole number >= 1, got {chunk_frames}.")
+    chunks = (min(int(chunk_frames), max(1, shape[0])), *shape[1:])
+    # A LazyStack over one open TIFF / HDF5 handle must not be read from two
+    # threads at once; lock=True serialises dask's reads of it.
+    return da.from_array(stack, chunks=chunks, lock=isinstance(stack, LazyStack),
+                         asarray=True, meta=np.empty((0, 0, 0), stack.dtype),
+                         name=f"cycleulm-stack-{uuid.uuid4().hex}")
+
+
 # --------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------
 def _check_path(path) -> Path:
     p = Path(path)
     ext = p.suffix.lower()
+    if ext in FOLDER_EXTENSIONS:
+        if not p.exists():
+            raise CycleULMError(f"{str(p)!r} does not exist.")
+        if not p.is_dir():
+            raise CycleULMError(f"{str(p)!r} is not a zarr store (a folder); write one with write_stack.")
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise CycleULMError(f"{str(p)!r} cannot be read (permission denied).")
+        return p
     if p.is_dir():
         raise CycleULMError(f"{str(p)!r} is a directory; give the file inside it to read.")
     if ext not in STACK_EXTENSIONS + TABLE_EXTENSIONS:
@@ -255,11 +408,27 @@ def _magnitude(block: np.ndarray) -> np.ndarray:
     return np.abs(block).astype(np.float32)
 
 
-def _finish_eager(arr: np.ndarray, path, what="", mat_order=False) -> np.ndarray:
-    """Complex -> magnitude, MATLAB (H, W, T) -> (T, H, W), 2-D -> one frame."""
+def _complex64(block: np.ndarray) -> np.ndarray:
+    """Complex or compound ``real``/``imag`` data as complex64 (the phase kept)."""
+    if block.dtype.names:
+        out = np.empty(block.shape, np.complex64)
+        out.real = block["real"]
+        out.imag = block["imag"]
+        return out
+    return np.asarray(block, dtype=np.complex64)
+
+
+def _iq(block: np.ndarray, keep_phase: bool) -> np.ndarray:
+    """A block of complex IQ data: complex64 with ``keep_phase``, else its float32 magnitude."""
+    return _complex64(block) if keep_phase else _magnitude(block)
+
+
+def _finish_eager(arr: np.ndarray, path, what="", mat_order=False, keep_phase=False) -> np.ndarray:
+    """Complex -> complex64 or magnitude, MATLAB (H, W, T) -> (T, H, W), 2-D -> one frame."""
     if np.iscomplexobj(arr) or _is_real_imag(arr.dtype):
-        _warn_complex(path)
-        arr = _magnitude(arr)
+        if not keep_phase:
+            _warn_complex(path)
+        arr = _iq(arr, keep_phase)
     if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
         raise CycleULMError(f"{path}{what} holds non-numeric data (dtype {arr.dtype}).")
     if arr.ndim not in (2, 3):
@@ -275,7 +444,7 @@ def _finish_eager(arr: np.ndarray, path, what="", mat_order=False) -> np.ndarray
 # --------------------------------------------------------------------------
 # Format readers
 # --------------------------------------------------------------------------
-def _read_tiff(path: Path, lazy: bool):
+def _read_tiff(path: Path, lazy: bool, keep_phase: bool = False):
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
@@ -297,19 +466,19 @@ def _read_tiff(path: Path, lazy: bool):
         pages = series.pages
         if len(shape) == 3 and len(pages) == shape[0] and "S" not in series.axes:
             cplx = np.issubdtype(series.dtype, np.complexfloating)
-            if cplx:
+            if cplx and not keep_phase:
                 _warn_complex(path)
 
             def read(a, b):
                 out = np.stack([pages[i].asarray() for i in range(a, b)])
-                return _magnitude(out) if cplx else out
+                return _iq(out, keep_phase) if cplx else out
 
-            dtype = np.float32 if cplx else series.dtype
+            dtype = (np.complex64 if keep_phase else np.float32) if cplx else series.dtype
             return LazyStack(shape, dtype, read, close=tif.close, source=str(path))
         tif.close()  # unusual layout: read it whole
     with tifffile.TiffFile(path) as tif:
         arr = tif.series[0].asarray()
-    arr = _finish_eager(arr, path)
+    arr = _finish_eager(arr, path, keep_phase=keep_phase)
     return _in_memory(arr, str(path)) if lazy else arr
 
 
@@ -343,22 +512,27 @@ def _npy_layout(path: Path):
     return shape, dtype, offset
 
 
-def _read_npy(path: Path, lazy: bool):
+def _read_npy(path: Path, lazy: bool, keep_phase: bool = False):
     layout = _npy_layout(path)  # checks the declared size against the file first
     if not lazy:
         layout = None
-    if layout is not None and len(layout[0]) in (2, 3) and layout[1].kind in "biuf":
+    if layout is not None and len(layout[0]) in (2, 3) and layout[1].kind in "biufc":
         shape, dtype, offset = layout
         shape = (1, *shape) if len(shape) == 2 else tuple(shape)
         per_frame = int(np.prod(shape[1:]))
+        cplx = dtype.kind == "c"
+        if cplx and not keep_phase:
+            _warn_complex(path)
 
         def read(a, b):
             # Plain reads (no memory map), so resident memory stays one block.
             data = np.fromfile(path, dtype=dtype, count=(b - a) * per_frame,
                                offset=offset + a * per_frame * dtype.itemsize)
-            return data.reshape((b - a, *shape[1:]))
+            data = data.reshape((b - a, *shape[1:]))
+            return _iq(data, keep_phase) if cplx else data
 
-        return LazyStack(shape, dtype, read, source=str(path))
+        out_dtype = (np.complex64 if keep_phase else np.float32) if cplx else dtype
+        return LazyStack(shape, out_dtype, read, source=str(path))
     try:
         arr = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
     except (ValueError, OSError, EOFError, UnicodeDecodeError) as exc:
@@ -366,7 +540,7 @@ def _read_npy(path: Path, lazy: bool):
     if lazy and arr.ndim in (2, 3) and not np.iscomplexobj(arr):
         view = arr[None] if arr.ndim == 2 else arr
         return LazyStack(view.shape, view.dtype, lambda a, b: np.asarray(view[a:b]), source=str(path))
-    arr = _finish_eager(np.asarray(arr), path)
+    arr = _finish_eager(np.asarray(arr), path, keep_phase=keep_phase)
     return _in_memory(arr, str(path)) if lazy else arr
 
 
@@ -410,7 +584,7 @@ def _pick_variable(cands: list[tuple[str, tuple, int]], variable, path) -> str:
     return max(three)[1]
 
 
-def _read_mat_v5(path: Path, variable, lazy: bool):
+def _read_mat_v5(path: Path, variable, lazy: bool, keep_phase: bool = False):
     import scipy.io
 
     try:
@@ -422,11 +596,12 @@ def _read_mat_v5(path: Path, variable, lazy: bool):
     cands = [(n, tuple(s), int(np.prod(s))) for n, s, c in info if c in numeric]
     name = _pick_variable(cands, variable, path)
     arr = scipy.io.loadmat(path, variable_names=[name], squeeze_me=False)[name]
-    arr = _finish_eager(np.asarray(arr), path, f" variable {name!r}", mat_order=True)
+    arr = _finish_eager(np.asarray(arr), path, f" variable {name!r}", mat_order=True,
+                        keep_phase=keep_phase)
     return _in_memory(arr, str(path)) if lazy else arr
 
 
-def _read_hdf5(path: Path, variable, lazy: bool, mat_order: bool):
+def _read_hdf5(path: Path, variable, lazy: bool, mat_order: bool, keep_phase: bool = False):
     import h5py
 
     f = h5py.File(path, "r")
@@ -454,7 +629,7 @@ def _read_hdf5(path: Path, variable, lazy: bool, mat_order: bool):
             shown = h5shape[::-1] if mat_order else h5shape
             raise _shape_error(path, shown, what)
         cplx = _is_real_imag(ds.dtype) or np.issubdtype(ds.dtype, np.complexfloating)
-        if cplx:
+        if cplx and not keep_phase:
             _warn_complex(path)
         if len(h5shape) == 2:
             frame_shape = h5shape[::-1] if mat_order else h5shape
@@ -468,12 +643,14 @@ def _read_hdf5(path: Path, variable, lazy: bool, mat_order: bool):
             if len(h5shape) == 2:
                 raw = raw[None]
             if cplx:
-                raw = _magnitude(raw)
+                raw = _iq(raw, keep_phase)
             return np.ascontiguousarray(raw.transpose(0, 2, 1)) if mat_order else raw
 
-        dtype = np.float32 if cplx else ds.dtype
+        dtype = (np.complex64 if keep_phase else np.float32) if cplx else ds.dtype
         if lazy:
-            return LazyStack((n, *frame_shape), dtype, read, close=f.close, source=str(path))
+            chunks = ds.chunks if len(h5shape) == 3 else None
+            return LazyStack((n, *frame_shape), dtype, read, close=f.close, source=str(path),
+                             chunk_frames=chunks[0] if chunks else None)
         out = read(0, n)
     except BaseException:
         f.close()
@@ -482,30 +659,102 @@ def _read_hdf5(path: Path, variable, lazy: bool, mat_order: bool):
     return out
 
 
+def _zarr_arrays(node, prefix: str = ""):
+    """``(path, array)`` of every array in a zarr group, recursively (zarr 2 and 3)."""
+    for name, arr in node.arrays():
+        yield prefix + name, arr
+    for name, grp in node.groups():
+        yield from _zarr_arrays(grp, prefix + name + "/")
+
+
+def _read_zarr(path: Path, variable, lazy: bool, keep_phase: bool = False):
+    import zarr
+
+    root = zarr.open(str(path), mode="r")
+    what = ""
+    if hasattr(root, "arrays"):  # a group: pick an array as in an HDF5 file
+        found = {}
+        for name, arr in _zarr_arrays(root):
+            dt = np.dtype(arr.dtype)
+            if np.issubdtype(dt, np.number) or dt == bool or _is_real_imag(dt):
+                found[name] = arr
+        cands = [(n, tuple(a.shape), int(np.prod(a.shape)) if a.shape else 0) for n, a in found.items()]
+        if variable is not None:
+            variable = str(variable).strip("/")
+        name = _pick_variable(cands, variable, path)
+        arr, what = found[name], f" array {name!r}"
+    else:
+        if variable is not None:
+            raise CycleULMError(
+                f"{path} holds a single array, not a group; variable= (--variable) does not apply."
+            )
+        arr = root
+    dt = np.dtype(arr.dtype)
+    if not (np.issubdtype(dt, np.number) or dt == bool or _is_real_imag(dt)):
+        raise CycleULMError(f"{path}{what} holds non-numeric data (dtype {dt}).")
+    shape = tuple(int(s) for s in arr.shape)
+    if len(shape) not in (2, 3):
+        raise _shape_error(path, shape, what)
+    cplx = np.issubdtype(dt, np.complexfloating) or _is_real_imag(dt)
+    if cplx and not keep_phase:
+        _warn_complex(path)
+    two_d = len(shape) == 2
+
+    def read(a, b):
+        raw = np.asarray(arr[...])[None] if two_d else np.asarray(arr[a:b])
+        return _iq(raw, keep_phase) if cplx else raw
+
+    n = 1 if two_d else shape[0]
+    frame_shape = shape if two_d else shape[1:]
+    dtype = (np.complex64 if keep_phase else np.float32) if cplx else dt
+    chunk_frames = None if two_d else int(arr.chunks[0])
+    stack = LazyStack((n, *frame_shape), dtype, read, source=str(path), chunk_frames=chunk_frames)
+    return stack if lazy else np.asarray(stack)
+
+
 # --------------------------------------------------------------------------
 # Public API
 # --------------------------------------------------------------------------
-def read_stack(path: str | os.PathLike, *, variable: str | None = None, lazy: bool = False):
-    """Read a CEUS stack as ``(frames, height, width)``.
+def read_stack(
+    path: str | os.PathLike,
+    *,
+    variable: str | None = None,
+    lazy: bool = False,
+    keep_phase: bool = False,
+):
+    """Read a CEUS or IQ stack as ``(frames, height, width)``.
 
     Parameters
     ----------
     path : str or PathLike
-        ``.tif``/``.tiff``, ``.npy``, ``.mat`` (v5 or v7.3) or ``.h5``/``.hdf5``.
+        ``.tif``/``.tiff``, ``.npy``, ``.mat`` (v5 or v7.3), ``.h5``/``.hdf5``
+        or a ``.zarr`` store (a folder).
     variable : str, optional
-        Variable (MAT) or dataset path (HDF5) to read.  By default the largest
-        3-D numeric variable.  A 2-D variable becomes a single frame.
+        Variable (MAT), dataset path (HDF5) or array path (zarr group) to
+        read.  By default the largest 3-D numeric variable.  A 2-D variable
+        becomes a single frame.
     lazy : bool
-        Return a :class:`LazyStack` reading frames on demand (memory-mapped
-        TIFF/NPY, per-page TIFF, HDF5 datasets); MAT v5 files are loaded whole
-        and wrapped.
+        Return a :class:`LazyStack` reading frames on demand (NPY, per-page
+        TIFF, HDF5 datasets and zarr chunks are read as needed); MAT v5 files
+        are loaded whole and wrapped.
+    keep_phase : bool
+        Keep complex IQ data complex (complex64), e.g. for the SVD clutter
+        filter of the pipelines.  Default False: complex data becomes its
+        magnitude (float32) with a warning.  Real data is unaffected.
 
     Returns
     -------
     numpy.ndarray or LazyStack
-        Shape ``(T, H, W)``; pixel values as stored (complex input becomes its
-        magnitude, float32).  See the module docstring for the axis convention
-        of MATLAB files (``(H, W, T)`` becomes ``(T, H, W)``).
+        Shape ``(T, H, W)``; pixel values as stored, complex input as
+        complex64 (``keep_phase``) or its float32 magnitude.  See the module
+        docstring for the axis convention of MATLAB files (``(H, W, T)``, e.g.
+        PALA's ``IQ(z, x, t)``, becomes ``(T, H, W)``).
+
+    Examples
+    --------
+    >>> iq = read_stack("IQ.mat", lazy=True, keep_phase=True)  # doctest: +SKIP
+    >>> iq.dtype, iq.shape  # doctest: +SKIP
+    (dtype('complex64'), (25000, 511, 659))
 
     Raises
     ------
@@ -529,17 +778,20 @@ def read_stack(path: str | os.PathLike, *, variable: str | None = None, lazy: bo
             f"variable= (--variable) only applies to .mat and HDF5 files, not {str(p)!r}."
         )
     kind = {".tif": "a TIFF", ".tiff": "a TIFF", ".npy": "a NumPy .npy array",
-            ".mat": "a MATLAB file"}.get(ext, "an HDF5 file")
+            ".mat": "a MATLAB file", ".zarr": "a zarr store"}.get(ext, "an HDF5 file")
+    keep_phase = bool(keep_phase)
     try:
         if ext in (".tif", ".tiff"):
-            out = _read_tiff(p, lazy)
+            out = _read_tiff(p, lazy, keep_phase)
         elif ext == ".npy":
-            out = _read_npy(p, lazy)
+            out = _read_npy(p, lazy, keep_phase)
+        elif ext == ".zarr":
+            out = _read_zarr(p, variable, lazy, keep_phase)
         elif _is_hdf5(p):
             mat_order = ext == ".mat" or _has_matlab_header(p)
-            out = _read_hdf5(p, variable, lazy, mat_order)
+            out = _read_hdf5(p, variable, lazy, mat_order, keep_phase)
         elif ext == ".mat":
-            out = _read_mat_v5(p, variable, lazy)
+            out = _read_mat_v5(p, variable, lazy, keep_phase)
         else:
             raise CycleULMError(f"{str(p)!r} is not a valid HDF5 file.")
     except (CycleULMError, KeyboardInterrupt):
@@ -561,62 +813,117 @@ def read_stack(path: str | os.PathLike, *, variable: str | None = None, lazy: bo
     return out
 
 
-def write_stack(path: str | os.PathLike, frames) -> None:
-    """Write a stack as float32 TIFF (``.tif``/``.tiff``) or NPY (``.npy``), atomically.
+def _frame_source(frames, complex_ok: bool):
+    """``(shape, dtype written, read(a, b))`` of frames to write: an array, LazyStack or lazy array."""
+    if isinstance(frames, LazyStack) or _is_lazy_array(frames):
+        src = frames
+        dtype = np.dtype(src.dtype)
+    else:
+        src = np.asarray(frames)
+        if src.ndim == 2:
+            src = src[None]
+        if src.ndim != 3:
+            raise _shape_error("frames", src.shape)
+        dtype = src.dtype
+    cplx = np.issubdtype(dtype, np.complexfloating) or _is_real_imag(dtype)
+    if cplx and not complex_ok:
+        raise CycleULMError(
+            "frames are complex (IQ); write them to .npy or .zarr, which keep the phase, "
+            "or write their magnitude (io.magnitude) to TIFF."
+        )
+    if not cplx and (dtype == object or not (np.issubdtype(dtype, np.number) or dtype == bool)):
+        raise CycleULMError(f"frames must be numeric, got dtype {dtype}.")
+    shape = tuple(int(s) for s in src.shape)
+    out_dtype = np.dtype(np.complex64 if cplx else np.float32)
+
+    def read(a: int, b: int) -> np.ndarray:
+        blk = np.asarray(src[a:b])
+        return _complex64(blk) if cplx else blk.astype(np.float32, copy=False)
+
+    return shape, out_dtype, read
+
+
+def write_stack(path: str | os.PathLike, frames, *, chunk_frames: int | None = None) -> None:
+    """Write a stack as TIFF, NPY or a zarr store chunked along time, atomically.
 
     Parameters
     ----------
     path : str or PathLike
-        Destination; the extension chooses the format.
-    frames : array_like or LazyStack, shape (T, H, W) or (H, W)
-        Frames to write (converted to float32).  A LazyStack is written frame
-        by frame without loading it whole.
+        Destination; the extension chooses the format: ``.tif``/``.tiff``
+        (float32), ``.npy`` (float32, or complex64 for IQ data) or ``.zarr``
+        (a folder holding one array ``(T, H, W)``, float32 or complex64,
+        compressed, in chunks of ``chunk_frames`` whole frames).
+    frames : array_like, LazyStack or lazy array (dask, zarr), shape (T, H, W) or (H, W)
+        Frames to write.  Lazy stacks are written block by block without
+        loading them whole.
+    chunk_frames : int, optional
+        zarr only: frames per chunk; default about :data:`ZARR_CHUNK_BYTES`
+        of frames.  A read of a few frames then decompresses only their chunks.
 
     Raises
     ------
     CycleULMError
-        On an unsupported extension or data that is not 2-D / 3-D numeric.
+        On an unsupported extension, data that is not 2-D / 3-D numeric,
+        complex data for a TIFF, or a bad ``chunk_frames``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> write_stack("iq.zarr", np.ones((40, 8, 8), np.complex64), chunk_frames=10)  # doctest: +SKIP
+    >>> read_stack("iq.zarr", lazy=True, keep_phase=True).chunk_frames  # doctest: +SKIP
+    10
     """
     import tifffile
 
     p = Path(path)
     ext = p.suffix.lower()
-    if ext not in (".tif", ".tiff", ".npy"):
+    if ext not in (".tif", ".tiff", ".npy", ".zarr"):
         raise CycleULMError(
-            f"cannot write a stack to {str(p)!r}; use a .tif, .tiff or .npy file name."
+            f"cannot write a stack to {str(p)!r}; use a .tif, .tiff, .npy or .zarr name."
         )
-    if isinstance(frames, LazyStack):
-        shape = frames.shape
-        src = frames
-    else:
-        arr = np.asarray(frames)
-        if np.iscomplexobj(arr):
-            raise CycleULMError("frames are complex; write their magnitude (numpy.abs) instead.")
-        if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
-            raise CycleULMError(f"frames must be numeric, got dtype {arr.dtype}.")
-        if arr.ndim == 2:
-            arr = arr[None]
-        if arr.ndim != 3:
-            raise _shape_error("frames", arr.shape)
-        shape = arr.shape
-        src = arr
+    if chunk_frames is not None and (int(chunk_frames) != chunk_frames or chunk_frames < 1):
+        raise CycleULMError(f"chunk_frames must be a whole number >= 1, got {chunk_frames}.")
+    shape, dtype, read = _frame_source(frames, complex_ok=ext in (".npy", ".zarr"))
+    if ext == ".zarr":
+        _write_zarr(p, shape, dtype, read, chunk_frames)
+        return
+    n = shape[0]
+    step = _default_chunk_frames(shape, dtype, _WRITE_BLOCK_BYTES)
     with atomic_path(p) as tmp:
         if ext == ".npy":
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=shape)
-            for a, b, blk in iter_blocks(src, 64):
-                out[a:b] = blk
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=dtype, shape=shape)
+            for a in range(0, n, step):
+                out[a:a + step] = read(a, min(n, a + step))
             out.flush()
             del out
-        elif isinstance(src, LazyStack):
+        else:
             tifffile.imwrite(
                 tmp,
-                (src.block(i, i + 1)[0] for i in range(shape[0])),
+                (read(i, i + 1)[0] for i in range(n)),
                 shape=shape,
                 dtype=np.float32,
                 photometric="minisblack",
             )
-        else:
-            tifffile.imwrite(tmp, src.astype(np.float32, copy=False), photometric="minisblack")
+
+
+def _write_zarr(p: Path, shape, dtype, read, chunk_frames) -> None:
+    import zarr
+
+    from ._atomic import staged_dir
+
+    n = shape[0]
+    chunk = int(chunk_frames) if chunk_frames is not None else _default_chunk_frames(shape, dtype)
+    chunk = max(1, min(chunk, n))
+    # Whole chunks per write, as many as fit in one write block, so memory
+    # stays one block and no chunk is written twice.
+    step = chunk * max(1, _default_chunk_frames(shape, dtype, _WRITE_BLOCK_BYTES) // chunk)
+    with staged_dir(p) as tmp:
+        arr = zarr.open_array(store=str(tmp), mode="w", shape=shape, chunks=(chunk, *shape[1:]),
+                              dtype=dtype)
+        arr.attrs.update({"axes": ["t", "y", "x"], "writer": "napari-cycleulm"})
+        for a in range(0, n, step):
+            b = min(n, a + step)
+            arr[a:b] = read(a, b)
 
 
 def _csv_header(path: Path) -> list[str]:
@@ -661,6 +968,8 @@ def read_table(path: str | os.PathLike) -> Localisations | Tracks:
 def read_block(stack, start: int, stop: int) -> np.ndarray:
     """Frames ``start:stop`` of an array or :class:`LazyStack`, checked, as float32 (T, H, W).
 
+    Complex (IQ) frames become their magnitude, with a warning.
+
     Raises
     ------
     CycleULMError
@@ -669,7 +978,11 @@ def read_block(stack, start: int, stop: int) -> np.ndarray:
     if isinstance(stack, LazyStack):
         blk = stack.block(start, stop)
     else:
-        blk = np.asarray(stack[start:stop], dtype=np.float32)
+        blk = np.asarray(stack[start:stop])
+        if np.iscomplexobj(blk) or _is_real_imag(blk.dtype):
+            _warn_complex("the stack")
+            blk = _magnitude(blk)
+        blk = blk.astype(np.float32, copy=False)
     return as_frames(blk, name=f"frames {start}-{stop - 1}")
 
 
@@ -686,8 +999,8 @@ def iter_blocks(
 
     Parameters
     ----------
-    stack : numpy.ndarray or LazyStack, shape (T, H, W) (or (H, W))
-        Frames to iterate over.
+    stack : numpy.ndarray, LazyStack or lazy array (dask, zarr), shape (T, H, W) (or (H, W))
+        Frames to iterate over; a lazy stack is read one block at a time.
     block_size : int
         Frames per block (the last block may be shorter), >= 1.
     overlap : int
@@ -711,7 +1024,7 @@ def iter_blocks(
             f"got {overlap}."
         )
     block_size, overlap = int(block_size), int(overlap)
-    if not isinstance(stack, LazyStack):
+    if not (isinstance(stack, LazyStack) or _is_lazy_array(stack)):
         stack = np.asarray(stack)
         if stack.ndim == 2:
             stack = stack[None]

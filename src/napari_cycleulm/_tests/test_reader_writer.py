@@ -8,7 +8,7 @@ from napari_cycleulm import _reader
 from napari_cycleulm._reader import napari_get_reader
 from napari_cycleulm._writer import write_image, write_points, write_tracks
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.io import LazyStack, read_stack, read_table
+from napari_cycleulm.io import read_stack, read_table
 from napari_cycleulm.tables import Localisations, Tracks
 
 
@@ -40,7 +40,8 @@ def test_big_files_open_lazily(tmp_path, monkeypatch):
     np.save(p, stack)
     monkeypatch.setattr(_reader, "LAZY_ABOVE_BYTES", 10)
     data, _, _ = napari_get_reader(str(p))(str(p))[0]
-    assert isinstance(data, LazyStack) and data.shape == (3, 4, 5)
+    # A dask array chunked along time, over a LazyStack (see test_iq_zarr.py).
+    assert type(data).__module__.startswith("dask") and data.shape == (3, 4, 5)
     np.testing.assert_array_equal(data[1], stack[1])
 
 
