@@ -82,6 +82,7 @@ from napari_cycleulm._json import jsonable
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.metrics import fwhm, match_localisations, rmse
 from napari_cycleulm.pipeline import CALIBRATION_FRAMES, run_pipeline
+from napari_cycleulm.preprocess import DEFAULT_CLUTTER_FILTER, clutter_filtered
 from napari_cycleulm.psf import PSF, bubble_patches, estimate_psf_auto
 from napari_cycleulm.simulate import isolated_positions, simulate
 from napari_cycleulm.translate import translate
@@ -363,6 +364,10 @@ def run_setting(setting: Setting, args) -> dict:
     t_start = time.perf_counter()
     sim = simulate(**setting.simulate_kwargs(args.frames))
     meta = sim.metadata
+    # What the pipelines (and MB-DT, the automatic PSF and the fine-tune) see: the
+    # frames after the default clutter filter, the first stage of every pipeline.
+    lazy = clutter_filtered(sim.frames, DEFAULT_CLUTTER_FILTER)
+    filtered = np.asarray(lazy)
     px = meta["pixel_size_um"]
     rec: dict = {
         "name": setting.name, "seed": setting.seed, "reason": setting.reason, "outside": setting.outside,
@@ -371,6 +376,7 @@ def run_setting(setting: Setting, args) -> dict:
                   "n_positions": len(sim.ground_truth),
                   "bubbles_per_frame": meta["mean_bubbles_per_frame"]},
         "weights": _weights_fingerprint(args),
+        "clutter_filter": {"method": DEFAULT_CLUTTER_FILTER, "cutoffs": dict(getattr(lazy, "cutoffs", {}))},
     }
     print(f"\n== {setting.name} (seed {setting.seed}): {setting.reason}", flush=True)
 
@@ -379,7 +385,7 @@ def run_setting(setting: Setting, args) -> dict:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
-            est = estimate_psf_auto(sim.frames[:CALIBRATION_FRAMES], pixel_size_um=px)
+            est = estimate_psf_auto(filtered[:CALIBRATION_FRAMES], pixel_size_um=px)
         auto_psf = est.psf
         rec["psf_auto"] = {"fwhm_y_px": auto_psf.fwhm_y_px, "fwhm_x_px": auto_psf.fwhm_x_px,
                            "n_bubbles": est.n_used}
@@ -414,22 +420,24 @@ def run_setting(setting: Setting, args) -> dict:
                           "fwhm_patch_radius_px": radius}
     t0 = time.perf_counter()
     rec["mip_ceus"] = describe_frames(sim.frames, signal, background, points, radius)
-    mb = translate(sim.frames, nets["mbdt"])
+    rec["mip_filtered"] = describe_frames(filtered, signal, background, points, radius)
+    mb = translate(filtered, nets["mbdt"])
     rec["mip_mbdt"] = describe_frames(mb, signal, background, points, radius)
     rec["mip_mbdt"]["translate_seconds"] = round(time.perf_counter() - t0, 1)
     rec["mbdt_effect"] = compare_mip(rec["mip_ceus"], rec["mip_mbdt"])
+    rec["mbdt_effect_vs_filtered"] = compare_mip(rec["mip_filtered"], rec["mip_mbdt"])
     del mb
     _print_mip(rec["mip_ceus"], rec["mip_mbdt"], "shipped")
 
     if args.finetune_steps:
-        rec["finetune"] = _finetune(sim, ft_psf, args, run_all, signal, background, points, radius,
+        rec["finetune"] = _finetune(sim, filtered, ft_psf, args, run_all, signal, background, points, radius,
                                     rec["mip_ceus"])
     rec["seconds"] = round(time.perf_counter() - t_start, 1)
     print(f"   {setting.name}: {rec['seconds']} s", flush=True)
     return rec
 
 
-def _finetune(sim, psf, args, run_all, signal, background, points, radius, mip_ceus) -> dict:
+def _finetune(sim, filtered, psf, args, run_all, signal, background, points, radius, mip_ceus) -> dict:
     from napari_cycleulm.train import train_mbdt
 
     if psf is None:
@@ -442,7 +450,7 @@ def _finetune(sim, psf, args, run_all, signal, background, points, radius, mip_c
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", UserWarning)
-                res = train_mbdt(sim.frames, psf, init=args.mbdt, steps=args.finetune_steps, out=ckpt,
+                res = train_mbdt(filtered, psf, init=args.mbdt, steps=args.finetune_steps, out=ckpt,
                                  checkpoint_every=None, preview_every=None)
         except CycleULMError as exc:
             out["error"] = str(exc)
@@ -452,7 +460,7 @@ def _finetune(sim, psf, args, run_all, signal, background, points, radius, mip_c
         print(f"   fine-tuned MB-DT {res.steps_done} steps in {out['seconds']} s", flush=True)
         names = [n for n in args.pipelines if n in MBDT_PIPELINES]
         out["pipelines"] = run_all(names, str(ckpt), "fine-tuned")
-        mb = translate(sim.frames, str(ckpt))
+        mb = translate(filtered, str(ckpt))
     out["mip_mbdt"] = describe_frames(mb, signal, background, points, radius)
     out["mbdt_effect"] = compare_mip(mip_ceus, out["mip_mbdt"])
     _print_mip(mip_ceus, out["mip_mbdt"], "fine-tuned")

@@ -280,6 +280,7 @@ def cmd_export(args) -> int:
 
 def cmd_run(args) -> int:
     from .pipeline import iter_pipeline
+    from .preprocess import parse_clutter_filter
     from .progress import drive_with_bar
     from .render import check_sr_memory
 
@@ -315,6 +316,7 @@ def cmd_run(args) -> int:
             target_count=args.target_count,
             track_params=track_params,
             gate=args.gate,
+            clutter_filter=parse_clutter_filter(args.clutter_filter, args.svd_block),
             upsampling=args.upsampling,
             pixel_size_um=px,
             frame_rate_hz=fr,
@@ -562,6 +564,7 @@ def _variable(sp) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline import PIPELINES
+    from .preprocess import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES
     from .temporal import DEFAULT_GATE, GATE_MODES
 
     p = _Parser(
@@ -671,6 +674,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gate", default=None, choices=GATE_MODES,
                     help="CycleULM pipelines: evidence MB-DT's bubbles must have in the CEUS frames "
                          f"(default {DEFAULT_GATE!r}; see docs/science.md)")
+    sp.add_argument("--clutter-filter", default=DEFAULT_CLUTTER_FILTER, metavar="none|svd[:auto|:N]",
+                    help="first stage of every pipeline: SVD clutter filter in blocks, with an automatic "
+                         f"(per block) or a fixed number N of removed components (default {DEFAULT_CLUTTER_FILTER}; "
+                         "'none' for data already clutter-filtered)")
+    sp.add_argument("--svd-block", type=int, default=SVD_BLOCK_FRAMES, metavar="FRAMES",
+                    help=f"frames per SVD block of the clutter filter (default {SVD_BLOCK_FRAMES})")
     sp.add_argument("--target-count", type=int, default=None, help="keep exactly N best localisations")
     sp.add_argument("--max-distance", type=float, default=None, help="tracking gate, pixels per frame")
     sp.add_argument("--upsampling", type=int, default=4)

@@ -271,6 +271,7 @@ def iter_pipeline(
     scale: float | None = None,
     gate: str | None = None,
     gate_params: dict | None = None,
+    clutter_filter=None,
 ) -> Generator[Progress, None, PipelineResult]:
     """Run a named pipeline, yielding progress; the generator returns a :class:`PipelineResult`.
 
@@ -333,6 +334,13 @@ def iter_pipeline(
         Further parameters of :func:`~napari_cycleulm.temporal.transient_gate`
         (``significance``, ``spatial_sensitivity``, ``window_half_frames``,
         ``stride_frames``).
+    clutter_filter : ClutterFilter or str, optional
+        The first stage, before everything else (PSF, scale, MB-DT, gate):
+        ``"none"``, ``"svd"`` / ``"svd:auto"`` (automatic cut-off per block)
+        or ``"svd:N"``, or a :class:`~napari_cycleulm.preprocess.ClutterFilter`
+        (which also sets the SVD block length); default
+        :data:`~napari_cycleulm.preprocess.DEFAULT_CLUTTER_FILTER`.  Complex
+        IQ input is filtered and its envelope taken.
 
     Raises
     ------
@@ -367,10 +375,15 @@ def iter_pipeline(
         raise CycleULMError(
             f"the input must be a (frames, height, width) stack with at least one frame, got shape {shape}."
         )
+    from .preprocess import DEFAULT_CLUTTER_FILTER, clutter_filtered, parse_clutter_filter
+
+    clutter = parse_clutter_filter(DEFAULT_CLUTTER_FILTER if clutter_filter is None else clutter_filter)
+    source = getattr(stack, "source", None)
+    stack = clutter_filtered(stack, clutter, device=device)
     keep_tables = out_dir is None if keep_tables is None else keep_tables
     if out_dir is not None:
         # Before any work: the run folder is never an input nor an unrelated folder.
-        check_output_dir(out_dir, inputs=[getattr(stack, "source", None)], overwrite=True,
+        check_output_dir(out_dir, inputs=[source], overwrite=True,
                          option="out_dir")
     denoise_params = dict(denoise_params or {})
     localise_params = dict(localise_params or {})
@@ -443,6 +456,8 @@ def iter_pipeline(
         "pipeline": pipeline,
         "description": spec.description,
         "block_size": block_size,
+        "clutter_filter": {"method": clutter.describe(), "block_frames": clutter.block_frames,
+                           "cutoffs": getattr(stack, "cutoffs", {})},
         "threshold": localise_params["threshold"],
         "target_count": target_count,
         "denoise_params": {k: v for k, v in denoise_params.items() if k != "device"},
