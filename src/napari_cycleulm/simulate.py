@@ -108,6 +108,7 @@ import scipy.fft
 from ._atomic import atomic_path, write_text_atomic
 from ._json import jsonable
 from .errors import CycleULMError
+from .psf import FWHM_PER_SIGMA
 from .tables import Localisations
 
 __all__ = ["PRESETS", "Simulation", "isolated_positions", "load_simulation", "save_simulation", "simulate"]
@@ -118,7 +119,6 @@ PRESETS: dict[str, dict] = {
     "benchmark": dict(n_frames=100, height=511, width=659),
 }
 
-_FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 #: Lateral Gaussian taper width relative to the sinc scale (side lobes ~ -20 dB).
 _TAPER = 1.148
 #: Centreline sampling step of the vessel tree, pixels.
@@ -720,7 +720,7 @@ def simulate(
     f_, y_, x_, tid_, amp_, vy_, vx_, ph_ = (c[inside] for c in cols)
 
     # -- PSF ----------------------------------------------------------------
-    sig_y0 = fwhm_y_um / pixel_size_um / _FWHM_PER_SIGMA
+    sig_y0 = fwhm_y_um / pixel_size_um / FWHM_PER_SIGMA
     a0 = fwhm_x_um / pixel_size_um / _FWHM_PER_A[psf_shape]
     period = 0.75 * fwhm_y_um / pixel_size_um
 
@@ -873,7 +873,7 @@ def simulate(
         tissue_motion_px=tissue_motion_px, amplitude_spread=amplitude_spread,
         amplitude_jitter=amplitude_jitter, mean_lifetime_frames=mean_lifetime_frames,
         psf_fwhm_y_px=fwhm_y_px, psf_fwhm_x_px=fwhm_x_px,
-        psf_sigma_y_px=fwhm_y_px / _FWHM_PER_SIGMA, psf_sigma_x_px=fwhm_x_px / _FWHM_PER_SIGMA,
+        psf_sigma_y_px=fwhm_y_px / FWHM_PER_SIGMA, psf_sigma_x_px=fwhm_x_px / FWHM_PER_SIGMA,
         axial_period_px=period if modulated else None,
         speed_range_px_per_frame=[v_lo_px, v_hi_px],
         n_vessel_segments=int(len(tree.npts)), mean_residence_frames=residence,

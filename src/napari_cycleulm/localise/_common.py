@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import CycleULMError
-from ..psf import PSF
+from ..psf import FWHM_PER_SIGMA, PSF
 
 
 def psf_kernel(psf, name: str = "psf") -> tuple[np.ndarray, tuple[float, float]]:
@@ -38,8 +38,7 @@ def psf_kernel(psf, name: str = "psf") -> tuple[np.ndarray, tuple[float, float]]
     cy, cx = (w * yy).sum() / tot, (w * xx).sum() / tot
     sy = np.sqrt(max((w * (yy - cy) ** 2).sum() / tot, 0.25))
     sx = np.sqrt(max((w * (xx - cx) ** 2).sum() / tot, 0.25))
-    c = 2.0 * np.sqrt(2.0 * np.log(2.0))
-    return k, (float(c * sy), float(c * sx))
+    return k, (float(FWHM_PER_SIGMA * sy), float(FWHM_PER_SIGMA * sx))
 
 
 def check_kernel_fits(kernel: np.ndarray, shape: tuple[int, int], name: str = "psf") -> None:
