@@ -28,10 +28,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, load_checkpoint
+from .checkpoint import Checkpoint, _check_kind, load_checkpoint
 from .device import resolve_device
 from .errors import CycleULMError
-from .nets import DISPLAY_NAMES, NETWORKS
+from .nets import DISPLAY_NAMES
 
 __all__ = ["DEFAULT_WEIGHTS", "WEIGHTS_DIR", "check_psf_in_range", "load_model", "resolve_network"]
 
@@ -53,14 +53,6 @@ _SINGLE_PSF_TOLERANCE = (0.7, 1.4)
 #: 5-10 %, and a network trained for one PSF (a degenerate range, lo == hi)
 #: still works for a slightly different one.
 RANGE_MARGIN = 0.15
-
-
-def _check_kind(kind: str) -> str:
-    if kind not in NETWORKS:
-        raise CycleULMError(
-            f"unknown network kind {kind!r}; expected one of {', '.join(NETWORKS)}."
-        )
-    return kind
 
 
 def load_model(
