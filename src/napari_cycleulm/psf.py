@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage, optimize
 
 from ._atomic import write_text_atomic
-from .arrays import as_frames
+from .arrays import as_frames, robust_sigma
 from .errors import CycleULMError
 from .tables import PointTable
 
@@ -635,7 +635,7 @@ def _screen_points(frames, pts, r, excl, search, fit_rotation, second_peak_fract
         core = win[margin:-margin, margin:-margin]
         ring = core[border]
         bg = float(np.median(ring))
-        noise = 1.4826 * float(np.median(np.abs(ring - bg)))
+        noise = float(robust_sigma(ring, center=bg))
         win = win - bg
         peak = float(win[big, big])
         if peak <= max(3.0 * noise, 1e-12):
@@ -879,7 +879,7 @@ def pick_isolated_bubbles(
     for f in fidx:
         img = ndimage.gaussian_filter(frames[f].astype(np.float64), 1.0)
         med = float(np.median(img))
-        noise = 1.4826 * float(np.median(np.abs(img - med)))
+        noise = float(robust_sigma(img, center=med))
         mx = (ndimage.maximum_filter(img, size=3, mode="nearest") == img) & (img > med + 3 * noise)
         ys, xs = np.nonzero(mx)
         hts = img[ys, xs] - med

@@ -34,6 +34,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .arrays import robust_sigma
 from .errors import CycleULMError
 
 #: Frames on each side of a frame whose pixels form its background (101 frames in all, 0.2 s at 500 Hz):
@@ -183,7 +184,7 @@ def transient_score(
         if key not in cache:
             samples = smooth(arr[local])
             background = np.median(samples, axis=0)
-            spread = 1.4826 * np.median(np.abs(samples - background), axis=0)
+            spread = robust_sigma(samples, axis=0, center=background)
             floor = np.float32(1e-6) * max(float(np.max(background)), 1e-12)
             cache.clear()  # consecutive frames share windows; older ones are not needed again
             cache[key] = (background, np.maximum(spread, floor))

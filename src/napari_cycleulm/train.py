@@ -57,7 +57,7 @@ import torch
 from torch import nn
 
 from . import losses as L
-from .arrays import as_frames, intensity_scale
+from .arrays import as_frames, intensity_scale, robust_sigma
 from .checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from .device import resolve_device
 from .errors import CycleULMError
@@ -617,7 +617,7 @@ def domain_b_config(
     # single-pixel specks: keep peaks above median + 3 robust SDs of their frame,
     # which a Rayleigh speckle background exceeds at ~0.1% of its pixels.
     med = np.median(sub, axis=(1, 2))
-    mad = 1.4826 * np.median(np.abs(sub - med[:, None, None]), axis=(1, 2))
+    mad = robust_sigma(sub, axis=(1, 2), center=med)
     inside = roi[iy, ix] & (amp_all > med[fr] + 3.0 * mad[fr])
     per_px = inside.sum() / (len(idx) * max(roi.sum(), 1))
     mean_count = float(per_px * patch_size**2)

@@ -156,3 +156,26 @@ def test_linker_partition_equals_trackpy(gap):
 
     assert ref_partition == truth  # the reference finds the true tracks ...
     assert ours_partition == ref_partition  # ... and so do we
+
+
+# --- noise estimate -----------------------------------------------------------
+
+
+def test_robust_sigma_is_scipy_mad_with_the_house_factor():
+    from scipy.stats import median_abs_deviation
+
+    from napari_cycleulm.arrays import MAD_TO_SIGMA, robust_sigma
+
+    rng = np.random.default_rng(0)
+    stack = rng.normal(2.0, 3.0, (21, 30, 40)).astype(np.float32)
+    background = np.median(stack, axis=0)
+    # Exactly the formula the noise estimates used before they shared this helper ...
+    np.testing.assert_array_equal(robust_sigma(stack, axis=0, center=background),
+                                  1.4826 * np.median(np.abs(stack - background), axis=0))
+    assert robust_sigma(stack, axis=0).dtype == np.float32
+    # ... which is scipy's normal-consistent MAD to 2e-6 and estimates a Gaussian's SD.
+    np.testing.assert_allclose(robust_sigma(stack, axis=(1, 2)),
+                               median_abs_deviation(stack, axis=(1, 2), scale="normal"),
+                               rtol=2e-6)
+    assert MAD_TO_SIGMA == pytest.approx(1 / 0.6744897501960817, rel=2e-6)
+    assert float(robust_sigma(stack)) == pytest.approx(3.0, rel=0.03)
