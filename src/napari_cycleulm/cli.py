@@ -404,6 +404,9 @@ def _report_training(kind: str, result, desc: str) -> None:
 
 
 def cmd_train(args) -> int:
+    import numpy as np
+
+    from .preprocess import clutter_filtered, parse_clutter_filter
     from .progress import drive_with_bar
 
     try:
@@ -422,6 +425,8 @@ def cmd_train(args) -> int:
         path = Path(args.input)
         px, _ = _resolve_units(args, path)
         frames = _read_input(args, path)
+        # MB-DT learns the frames the pipelines will give it: after the same clutter filter.
+        frames = np.asarray(clutter_filtered(frames, parse_clutter_filter(args.clutter_filter, args.svd_block)))
         psf = _psf_arg(args.psf or "auto", frames, px)
         roi = None
         if args.roi:
@@ -464,7 +469,10 @@ def cmd_train(args) -> int:
 
 def cmd_demo(args) -> int:
     from .metrics import match_localisations
+    import numpy as np
+
     from .pipeline import PIPELINES, iter_pipeline
+    from .preprocess import clutter_filtered
     from .progress import drive_with_bar
     from .psf import estimate_psf_auto
     from .simulate import PRESETS, save_simulation, simulate
@@ -504,7 +512,8 @@ def cmd_demo(args) -> int:
         if args.finetune_steps and any(PIPELINES[n].denoise == "mbdt" for n in args.pipelines):
             t0 = time.perf_counter()
             ft = drive_with_bar(
-                iter_train_mbdt(sim.frames, psf, steps=args.finetune_steps, out=out / "mbdt_finetuned.pt",
+                iter_train_mbdt(np.asarray(clutter_filtered(sim.frames)), psf, steps=args.finetune_steps,
+                                out=out / "mbdt_finetuned.pt",
                                 preview_every=None),
                 desc="fine-tune MB-DT", disable=args.quiet,
             )
@@ -720,6 +729,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--sigma-range", type=float, nargs=2, default=None, metavar=("LO", "HI"),
                     help="mblnet/mbtnet: MB-only PSF sigma range in pixels (a generalist network)")
     sp.add_argument("--roi", default=None, help="mbdt: ROI CSV (shape_id,y,x or napari shapes CSV)")
+    sp.add_argument("--clutter-filter", default=DEFAULT_CLUTTER_FILTER, metavar="none|svd[:auto|:N]",
+                    help="mbdt: the clutter filter applied before training, as `cycleulm run` does "
+                         f"(default {DEFAULT_CLUTTER_FILTER})")
+    sp.add_argument("--svd-block", type=int, default=SVD_BLOCK_FRAMES, metavar="FRAMES",
+                    help=f"mbdt: frames per SVD block (default {SVD_BLOCK_FRAMES})")
     sp.add_argument("--init", default=None,
                     help="start from 'default' weights, 'none' (scratch) or a checkpoint "
                          "(mbdt default: 'default'; others: 'none')")

@@ -132,3 +132,29 @@ def test_cli_runs_the_filter_and_records_it(tmp_path, capsys):
     assert len(err) == 1 and "svd:many" in err[0]
     assert main(["run", str(path), "--pipeline", "baseline1", "--out", str(tmp_path / "r3"), "--quiet",
                  "--svd-block", "1"]) == 2
+
+
+@pytest.mark.gui
+def test_pipeline_dock_runs_the_chosen_clutter_filter_like_the_core(make_napari_viewer, qtbot):
+    pytest.importorskip("napari")
+    from napari_cycleulm._sample_data import make_sample
+    from napari_cycleulm._tests._gui import run_widget
+    from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME
+
+    (frames, img_kw, _), _ = make_sample()
+    frames = frames[:40].copy()
+    viewer = make_napari_viewer()
+    image = viewer.add_image(frames, **img_kw)
+    dock = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Run a ULM pipeline")[1]
+    assert dock.clutter_filter.value == "svd:auto"  # the core's default
+    dock.image.value = image
+    dock.pipeline.value = "baseline1"
+    dock.clutter_filter.value = "svd:3"
+    dock.svd_block.value = 20
+    run_widget(qtbot, dock)
+    layer = viewer.layers[f"[baseline1] {image.name} SR density"]
+    want = run_pipeline(frames, "baseline1", "auto", clutter_filter=ClutterFilter("svd", 3, 20),
+                        pixel_size_um=img_kw["metadata"].get("pixel_size_um"),
+                        frame_rate_hz=img_kw["metadata"].get("frame_rate_hz"))
+    np.testing.assert_array_equal(np.asarray(layer.data), want.maps.density)
+    assert layer.metadata["cycleulm"]["params"]["clutter_filter"]["method"] == "svd:3"

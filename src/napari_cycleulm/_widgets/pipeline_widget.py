@@ -17,6 +17,7 @@ from napari.layers import Image, Layer
 from .._json import jsonable
 from ..errors import CycleULMError
 from ..pipeline import PIPELINES, PipelineResult, iter_pipeline
+from ..preprocess import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES, parse_clutter_filter
 from ..progress import Progress
 from ._base import StageWidget
 from ._display import show_localisations, show_tracks
@@ -25,9 +26,24 @@ from ._layers import (
 )
 
 
+#: Choices of the clutter-filter control (any ``svd:N`` works from scripts and the CLI).
+CLUTTER_CHOICES = ("svd:auto", "none", "svd:1", "svd:2", "svd:3", "svd:5", "svd:10", "svd:20")
+
+
+def clutter_controls() -> tuple[ComboBox, SpinBox]:
+    """The clutter-filter choice and SVD block length, with the core's defaults."""
+    combo = ComboBox(label="clutter filter", choices=list(CLUTTER_CHOICES), value=DEFAULT_CLUTTER_FILTER,
+                     tooltip="first stage: SVD clutter filter per block; svd:auto filters only blocks whose "
+                             "clutter is static or slow, none for data already clutter-filtered")
+    block = SpinBox(label="SVD block (frames)", value=SVD_BLOCK_FRAMES, min=3, max=100000,
+                    tooltip="frames per block of the SVD clutter filter")
+    return combo, block
+
+
 def pipeline_job(
     layer: Image | None, pipeline: str, psf_layer: Layer | None = None, *, block_size: int = 200,
-    upsampling: int = 4, models: dict | None = None,
+    upsampling: int = 4, models: dict | None = None, clutter_filter: str = DEFAULT_CLUTTER_FILTER,
+    svd_block: int = SVD_BLOCK_FRAMES,
 ) -> tuple[Generator[Progress, None, PipelineResult], dict]:
     """Check a pipeline's inputs and return its generator, ready for a worker.
 
@@ -47,6 +63,11 @@ def pipeline_job(
         See :func:`~napari_cycleulm.pipeline.iter_pipeline`.
     models : dict, optional
         ``{"mbdt" | "mblnet" | "mbtnet": "default" | path}``; default weights otherwise.
+    clutter_filter : str
+        ``none``, ``svd:auto`` or ``svd:N`` (:func:`~napari_cycleulm.preprocess.parse_clutter_filter`).
+        A layer opened from raw IQ (``metadata["cycleulm_iq"]``) is filtered as IQ.
+    svd_block : int
+        Frames per SVD block of the clutter filter.
 
     Returns
     -------
@@ -62,18 +83,23 @@ def pipeline_job(
     from ..models import load_model
 
     frames = stack_from_layer(layer)  # lazy stays lazy: the pipeline reads it block by block
+    iq = layer.metadata.get("cycleulm_iq")
+    if iq is not None and tuple(getattr(iq, "shape", ())) == tuple(frames.shape):
+        frames = iq  # raw IQ (napari shows its magnitude): the SVD filter needs the phase
+    cf = parse_clutter_filter(clutter_filter, svd_block)
     if pipeline not in PIPELINES:
         raise CycleULMError(f"unknown pipeline {pipeline!r}; choose one of {sorted(PIPELINES)}.")
     psf = psf_from_layer(psf_layer) if psf_layer is not None else "auto"
     sources = {kind: (models or {}).get(kind) or "default" for kind in PIPELINES[pipeline].networks}
     nets = {kind: load_model(kind, source) for kind, source in sources.items()}
-    extra = {"psf_layer": psf_layer.name if psf_layer is not None else "auto",
+    extra = {"psf_layer": psf_layer.name if psf_layer is not None else "auto", "iq": iq is not None,
              "models": {kind: str(source) for kind, source in sources.items()}}
     gen = iter_pipeline(
         frames, pipeline, psf,
         block_size=block_size, upsampling=upsampling,
         pixel_size_um=layer.metadata.get("pixel_size_um"),
         frame_rate_hz=layer.metadata.get("frame_rate_hz"),
+        clutter_filter=cf,
         **nets,
     )
     return gen, extra
@@ -141,13 +167,16 @@ class PipelineWidget(StageWidget):
         self.pipeline = ComboBox(label="pipeline", choices=sorted(PIPELINES), value="baseline1")
         self.block_size = SpinBox(label="block size (frames)", value=200, min=8, max=100000)
         self.upsampling = SpinBox(label="upsampling", value=4, min=1, max=16)
-        self.extend([self.image, self.psf_layer, self.pipeline, self.block_size, self.upsampling])
+        self.clutter_filter, self.svd_block = clutter_controls()
+        self.extend([self.image, self.psf_layer, self.pipeline, self.clutter_filter, self.svd_block,
+                     self.block_size, self.upsampling])
         self.finish_layout()
 
     def work(self):
         layer = self.image.value
         gen, self._extra = pipeline_job(layer, self.pipeline.value, self.psf_layer.value,
-                                        block_size=self.block_size.value, upsampling=self.upsampling.value)
+                                        block_size=self.block_size.value, upsampling=self.upsampling.value,
+                                        clutter_filter=self.clutter_filter.value, svd_block=self.svd_block.value)
         self._source = layer
         return gen
 

@@ -18,8 +18,10 @@ from ..checkpoint import load_checkpoint
 from ..errors import CycleULMError
 from ..progress import Progress
 from ..roi import count_patches, rois_to_mask
+from ..preprocess import clutter_filtered, parse_clutter_filter
 from ..train import FINETUNE_MAX_FRAMES, TrainResult, iter_train_mbdt
 from ._base import StageWidget
+from .pipeline_widget import clutter_controls
 from ._layers import PSF_METADATA_KEY, add_or_replace, frames_from_layer, psf_from_layer, result_name
 from ._model_picker import record_trained_model
 
@@ -101,6 +103,7 @@ class TrainWidget(StageWidget):
         self.patches = Label(value="", label="patches (40x40)")
         self.steps = SpinBox(label="steps", value=2000, min=1, max=1_000_000, step=100)
         self.batch_size = SpinBox(label="batch size", value=8, min=1, max=256)
+        self.clutter_filter, self.svd_block = clutter_controls()
         self.init = ComboBox(label="start from", choices=_INIT_CHOICES, value="default")
         self.init_file = FileEdit(label="init checkpoint", mode="r", filter="*.pt", visible=False)
         self.out = FileEdit(label="checkpoint", mode="w", filter="*.pt",
@@ -110,7 +113,8 @@ class TrainWidget(StageWidget):
         self.save_button = PushButton(text="Save")
         self.load_path = FileEdit(label="load", mode="r", filter="*.pt")
         self.load_button = PushButton(text="Load")
-        self.extend([self.image, self.roi, self.psf_layer, self.patches, self.steps, self.batch_size,
+        self.extend([self.image, self.roi, self.psf_layer, self.clutter_filter, self.svd_block,
+                     self.patches, self.steps, self.batch_size,
                      self.init, self.init_file, self.out])
         self.finish_layout()
         self.extend([
@@ -192,6 +196,9 @@ class TrainWidget(StageWidget):
         layer = self.image.value
         # MB-DT learns from patches of a few thousand frames at most: a long stack is not read whole.
         frames = frames_from_layer(layer, frames=slice(0, FINETUNE_MAX_FRAMES))
+        # MB-DT learns the frames the pipelines will give it: after the same clutter filter.
+        frames = np.asarray(clutter_filtered(frames, parse_clutter_filter(self.clutter_filter.value,
+                                                                          self.svd_block.value)))
         if self.psf_layer.value is None:
             raise CycleULMError(
                 "no PSF: MB-DT training needs the CEUS PSF of this data; estimate it with the "

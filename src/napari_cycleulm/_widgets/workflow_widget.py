@@ -35,7 +35,7 @@ from ..psf import PSF
 from ._base import StageWidget
 from ._layers import GENERATED_KEY, PSF_METADATA_KEY, is_sr_map, origin_of, result_name
 from ._model_picker import DEFAULT, FILE, MODELS_METADATA_KEY, ModelPicker
-from .pipeline_widget import add_pipeline_layers, describe_result, pipeline_job
+from .pipeline_widget import add_pipeline_layers, clutter_controls, describe_result, pipeline_job
 
 OK, MISSING, OPTIONAL = "✓", "✗", "○"
 
@@ -126,6 +126,7 @@ class WorkflowWidget(StageWidget):
                                   tooltip="frames processed at a time; memory grows with it")
         self.upsampling = SpinBox(label="upsampling", value=4, min=1, max=16,
                                   tooltip="SR pixels per CEUS pixel along each axis")
+        self.clutter_filter, self.svd_block = clutter_controls()
         self.pipeline_status = self._status_label("needs")
         # 5 Render
         self.render_button = PushButton(text="Open Render tool")
@@ -140,7 +141,8 @@ class WorkflowWidget(StageWidget):
         self._section("1  Data", [self.image, self.load_sample_button, self.data_status])
         self._section("2  PSF", [self.psf_layer, self.psf_button, self.psf_status])
         self._section("3  Fine-tune MB-DT (optional)", [*self.mbdt.widgets, self.train_button, self.mbdt_status])
-        self._section("4  Pipeline", [self.pipeline, self.block_size, self.upsampling, self.pipeline_status,
+        self._section("4  Pipeline", [self.pipeline, self.clutter_filter, self.svd_block, self.block_size,
+                                      self.upsampling, self.pipeline_status,
                                       *self.run_controls()])
         self._section("5  Render", [self.render_status, self.render_button])
         self._section("6  Evaluate", [self.evaluate_status, self.evaluate_button])
@@ -395,7 +397,8 @@ class WorkflowWidget(StageWidget):
         models = {"mbdt": self.mbdt.source()} if self._uses("mbdt") else {}
         gen, self._extra = pipeline_job(layer, self.pipeline.value, self.psf_layer.value,
                                         block_size=self.block_size.value, upsampling=self.upsampling.value,
-                                        models=models)
+                                        models=models, clutter_filter=self.clutter_filter.value,
+                                        svd_block=self.svd_block.value)
         self._source = layer
         return gen
 
