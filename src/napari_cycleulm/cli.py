@@ -598,7 +598,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--tolerance", type=float, default=1.0, help="matching tolerance, pixels")
     sp.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=sorted(PIPELINES),
-                    help="pipelines to run (default: all six)")
+                    help="pipelines to run (default: all of them)")
     sp.add_argument("--finetune-steps", type=int, default=0,
                     help="first fine-tune MB-DT on the sample for N steps (unsupervised; e.g. 2000, ~7 min "
                          "on 2 CPU cores); default 0: the shipped MB-DT")

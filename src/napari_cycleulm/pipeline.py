@@ -22,6 +22,13 @@ Pipelines (the paper's names)
 ``cycleulm-e2e``
     MB-DT + MBT-Net: trajectory and velocity maps accumulated into SR maps
     (:class:`~napari_cycleulm.e2e.E2EAccumulator`); no localisations or tracks.
+``cycleulm-tracks``
+    CycleULM-Loc's localisations linked into explicit tracks with the motion
+    prior of MBT-Net's velocity maps (the paper's proposed future work,
+    :mod:`napari_cycleulm.motion_prior`): MBT-Net runs on the same MB-only
+    frames, and after the last block the linker predicts each track's next
+    position from the prior velocity blended with its own.  Localisations
+    are kept until then (five numbers each).
 
 The CycleULM pipelines take their networks as ``mbdt=``, ``mblnet=``,
 ``mbtnet=`` (None / ``"default"`` for the shipped weights, a checkpoint path
@@ -108,6 +115,9 @@ class PipelineSpec:
     threshold: float
     #: Evidence MB-DT's output must have in the CEUS frames (:data:`napari_cycleulm.temporal.GATE_MODES`).
     gate: str = "none"
+    #: Motion prior of the linker: "none" (constant-velocity Kalman) or
+    #: "mbtnet" (MBT-Net's mean velocity maps of the run, :mod:`napari_cycleulm.motion_prior`).
+    motion_prior: str = "none"
 
     @property
     def networks(self) -> tuple[str, ...]:
@@ -116,10 +126,11 @@ class PipelineSpec:
         if self.localise == "e2e":
             return nets + ("mbtnet",)
         network = LOCALISERS[self.localise].network
-        return nets + ((network,) if network else ())
+        nets = nets + ((network,) if network else ())
+        return nets + (("mbtnet",) if self.motion_prior == "mbtnet" else ())
 
 
-def _spec(name: str, denoise: str, localise: str, description: str) -> PipelineSpec:
+def _spec(name: str, denoise: str, localise: str, description: str, motion_prior: str = "none") -> PipelineSpec:
     """A pipeline whose default threshold is its localiser's for its input domain.
 
     MB-DT's output is gated by :data:`~napari_cycleulm.temporal.DEFAULT_GATE`.
@@ -129,7 +140,7 @@ def _spec(name: str, denoise: str, localise: str, description: str) -> PipelineS
     threshold = (E2E_PROB_THRESHOLD if localise == "e2e"
                  else LOCALISERS[localise].default_threshold(mb_only=denoise == "mbdt"))
     return PipelineSpec(name, denoise, localise, description, threshold,
-                        gate=DEFAULT_GATE if denoise == "mbdt" else "none")
+                        gate=DEFAULT_GATE if denoise == "mbdt" else "none", motion_prior=motion_prior)
 
 
 PIPELINES: dict[str, PipelineSpec] = {
@@ -140,6 +151,9 @@ PIPELINES: dict[str, PipelineSpec] = {
         _spec("cycleulm-decon", "mbdt", "decon", "MB-DT + deconvolution (MB-only PSF) + tracking"),
         _spec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking"),
         _spec("cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)"),
+        _spec("cycleulm-tracks", "mbdt", "mblnet",
+              "MB-DT + MBL-Net, tracks linked with MBT-Net's velocity maps as motion prior",
+              motion_prior="mbtnet"),
     )
 }
 
@@ -487,6 +501,13 @@ def iter_pipeline(
                 f"unknown localise_params for cycleulm-e2e: {sorted(localise_params)}; "
                 "use stride, pad_last or batch_size."
             )
+    prior_acc = None
+    if spec.motion_prior == "mbtnet":
+        from .e2e import E2EAccumulator
+
+        # MBT-Net's velocity maps of the whole run are the linker's motion prior, so
+        # localisations are kept until the last block (five numbers each), then linked.
+        prior_acc = E2EAccumulator(shape[1:], upsampling, prob_threshold=E2E_PROB_THRESHOLD)
     loc_threshold = None if e2e else localise_params.pop("threshold")
     loc_model = None if e2e else nets.get(LOCALISERS[spec.localise].network)
     mblnet_context = loc_model is not None and int(loc_model.config.get("in_channels", 1)) == 3
@@ -545,6 +566,10 @@ def iter_pipeline(
                 locs = Localisations()
                 timer.add("e2e", t0)
             else:
+                if prior_acc is not None:
+                    prior_acc.add(den, nets["mbtnet"], device=device)
+                    timer.add("motion prior", t0)
+                    t0 = time.perf_counter()
                 locs = localise_block(den, spec.localise, loc_psf, threshold=loc_threshold, model=loc_model,
                                       **extra, **localise_params)
                 timer.add("localise", t0)
@@ -609,7 +634,7 @@ def iter_pipeline(
         if e2e:
             for start, stop, _ in localise_blocks():
                 yield Progress(stop, n_frames, "MB-DT + MBT-Net")
-        elif target_count is None:
+        elif target_count is None and prior_acc is None:
             for start, stop, locs in localise_blocks():
                 consume_locs(locs, stop - 1)
                 yield Progress(stop, n_frames, "localise + track")
@@ -620,15 +645,27 @@ def iter_pipeline(
                 yield Progress(stop, n_frames, "localise")
             allc = Localisations.concat(candidates)
             del candidates
-            if len(allc) < target_count:
-                warnings.warn(
-                    f"only {len(allc)} candidate localisations for target_count={target_count}; "
-                    "lower the threshold to reach the target.",
-                    stacklevel=2,
-                )
-            keep = _best_first(allc)[:target_count] if len(allc) else np.zeros(0, np.int64)
-            allc = allc.select(np.sort(keep)).sort("frame")
-            params["matched_score_cut"] = float(allc["score"].min()) if len(allc) else None
+            if target_count is not None:
+                if len(allc) < target_count:
+                    warnings.warn(
+                        f"only {len(allc)} candidate localisations for target_count={target_count}; "
+                        "lower the threshold to reach the target.",
+                        stacklevel=2,
+                    )
+                keep = _best_first(allc)[:target_count] if len(allc) else np.zeros(0, np.int64)
+                allc = allc.select(np.sort(keep)).sort("frame")
+                params["matched_score_cut"] = float(allc["score"].min()) if len(allc) else None
+            if prior_acc is not None:
+                from .motion_prior import VelocityPrior
+
+                t0 = time.perf_counter()
+                vy, vx = prior_acc.mean_velocity()
+                # Filled within about 3 CEUS pixels of MBT-Net's trajectories (sigma: one CEUS pixel).
+                linker = Linker(motion_prior=VelocityPrior(vy, vx, upsampling, fill_sigma=float(upsampling)),
+                                **track_params)
+                timer.add("motion prior", t0)
+                params["motion_prior"] = {"network": "mbtnet", "windows": prior_acc.n_windows,
+                                          "known_fraction": float(np.isfinite(vy).mean())}
             for start in range(0, n_frames, block_size):
                 stop = min(start + block_size, n_frames)
                 consume_locs(allc.in_frames(start, stop), stop - 1)

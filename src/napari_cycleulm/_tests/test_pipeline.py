@@ -28,7 +28,7 @@ def true_psf(sim):
 
 
 BASELINES = ["baseline1", "baseline2"]
-CYCLEULM = ["cycleulm-ncc", "cycleulm-decon", "cycleulm-loc", "cycleulm-e2e"]
+CYCLEULM = ["cycleulm-ncc", "cycleulm-decon", "cycleulm-loc", "cycleulm-e2e", "cycleulm-tracks"]
 
 
 def test_all_pipelines_are_named():
@@ -124,7 +124,7 @@ def _models(nets):
 @pytest.mark.parametrize("name", CYCLEULM)
 def test_cycleulm_pipelines_run_and_write_outputs(short, true_psf, nets, tmp_path, name):
     # Random networks: low thresholds so that localisation pipelines find something.
-    thr = {"cycleulm-ncc": 0.2, "cycleulm-decon": 0.01, "cycleulm-loc": 0.1, "cycleulm-e2e": None}[name]
+    thr = {"cycleulm-ncc": 0.2, "cycleulm-decon": 0.01, "cycleulm-loc": 0.1, "cycleulm-tracks": 0.1, "cycleulm-e2e": None}[name]
     res = run_pipeline(short, name, true_psf, block_size=7, threshold=thr, out_dir=tmp_path,
                        keep_tables=True, device="cpu", **_models(nets))
     for f in ("sr_density.tif", "sr_velocity.tif", "power_doppler.tif", "preview.png", "run.json"):
@@ -184,3 +184,22 @@ def test_psf_outside_the_trained_range_warns(short, nets, tmp_path):
     with pytest.warns(UserWarning, match="outside the range the MBL-Net"):
         run_pipeline(short, "cycleulm-loc", wide_psf, mbdt=nets["mbdt"], mblnet=narrow["mblnet"],
                      device="cpu")
+
+
+def test_cycleulm_tracks_links_the_loc_detections_with_mbtnet_prior(tmp_path):
+    """cycleulm-tracks: CycleULM-Loc's localisations, linked with MBT-Net's velocity prior."""
+    from napari_cycleulm.cli import main
+
+    sim_small = simulate(n_frames=24, height=48, width=56, density=15, seed=4)
+    loc = run_pipeline(sim_small.frames, "cycleulm-loc", "auto")
+    trk = run_pipeline(sim_small.frames, "cycleulm-tracks", "auto")
+    assert PIPELINES["cycleulm-tracks"].networks == ("mbdt", "mblnet", "mbtnet")
+    for col in ("frame", "y", "x"):
+        np.testing.assert_array_equal(trk.localisations[col], loc.localisations[col])
+    prior = trk.params["motion_prior"]
+    assert prior["network"] == "mbtnet" and prior["windows"] >= 1
+    assert len(trk.tracks) > 0
+    path = tmp_path / "frames.npy"
+    np.save(path, sim_small.frames)
+    assert main(["run", str(path), "--pipeline", "cycleulm-tracks", "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (tmp_path / "run" / "tracks.csv").stat().st_size > 0
