@@ -27,6 +27,7 @@ import warnings
 
 import numpy as np
 
+from gate_selection import SETTINGS as GATE_SETTINGS
 from napari_cycleulm._atomic import write_text_atomic
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.metrics import match_localisations
@@ -37,12 +38,7 @@ from napari_cycleulm.simulate import simulate
 COMMON = dict(n_frames=200, height=160, width=160, pixel_size_um=50.0, frame_rate_hz=500.0)
 #: Selection settings: the threshold selection's four (31-34), the gate selection's two (35, 36), and five more.
 SETTINGS = {
-    "thr31": dict(clutter_db=-6.0, density=10.0, psf_fwhm_um=(200.0, 300.0), seed=31),
-    "thr32": dict(clutter_db=-12.0, density=20.0, psf_fwhm_um=(150.0, 250.0), seed=32),
-    "thr33": dict(clutter_db=-12.0, density=40.0, psf_fwhm_um=(250.0, 350.0), seed=33),
-    "thr34": dict(clutter_db=-20.0, density=30.0, psf_fwhm_um=(300.0, 400.0), seed=34),
-    "static35": dict(clutter_db=0.0, clutter_correlation=0.999, density=20.0, psf_fwhm_um=(200.0, 300.0), seed=35),
-    "sparse36": dict(clutter_db=-10.0, noise_db=-10.0, density=3.0, psf_fwhm_um=(250.0, 250.0), seed=36),
+    **GATE_SETTINGS,
     "motion37": dict(clutter_db=0.0, clutter_correlation=0.995, tissue_motion_px=2.0, density=30.0,
                      psf_fwhm_um=(200.0, 300.0), seed=37),
     "dense38": dict(clutter_db=-15.0, density=120.0, amplitude_spread=0.8, psf_fwhm_um=(150.0, 250.0), seed=38),

@@ -3,7 +3,7 @@
 Builds 511 x 659 frames with the simulator as ``bench_stages.py`` does (the
 ``benchmark`` preset, 100 bubbles per frame, seed 11), prepares them as the two
 pipelines that deconvolve do, and localises them with the reference copy of
-the previous implementation (``benchmarks/_decon_reference.py``) and with the
+the previous implementation (``localise/decon.py`` of commit d6a0f92, read from git) and with the
 current ``localise_decon``, through the same call the pipelines make
 (:func:`napari_cycleulm.stages.localise_block`: the pipeline's threshold,
 absolute, default solver settings):
@@ -94,6 +94,32 @@ def agreement(old, new, tol_px: float = MATCH_PX) -> dict:
     }
 
 
+#: The commit whose ``localise/decon.py`` is the "before" of the comparison.
+REFERENCE_COMMIT = "d6a0f92"
+
+
+def reference_module(commit: str):
+    """``localise/decon.py`` as it was at ``commit``, read from git and imported as a module.
+
+    Its relative imports are made absolute so that it runs against the
+    installed package; nothing else is changed.
+    """
+    import importlib.util
+    import subprocess
+    import tempfile
+
+    src = subprocess.run(["git", "show", f"{commit}:src/napari_cycleulm/localise/decon.py"], cwd=ROOT,
+                         check=True, capture_output=True, text=True).stdout
+    src = src.replace("from ..", "from napari_cycleulm.").replace("from ._", "from napari_cycleulm.localise._")
+    src = src.replace("from .peaks", "from napari_cycleulm.localise.peaks")
+    path = Path(tempfile.mkdtemp(prefix="decon_ref_")) / "decon_reference.py"
+    path.write_text(src)
+    spec = importlib.util.spec_from_file_location("decon_reference", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--frames", type=int, default=16, help="511x659 frames per pipeline")
@@ -107,8 +133,7 @@ def main(argv=None) -> dict:
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    sys.path.insert(0, str(ROOT))
-    import _decon_reference as reference
+    reference = reference_module(REFERENCE_COMMIT)
 
     from napari_cycleulm.stages import localise_block
 
