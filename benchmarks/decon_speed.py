@@ -37,7 +37,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
 
 ROOT = Path(__file__).resolve().parent
 MATCH_PX = 0.1
@@ -74,15 +73,9 @@ def pipeline_inputs(n_frames: int, device: str | None) -> dict:
 
 def agreement(old, new, tol_px: float = MATCH_PX) -> dict:
     """Matched fraction (one-to-one, within ``tol_px``) of ``old`` in ``new``, and the count ratio."""
-    matched = 0
-    for f in np.union1d(old["frame"], new["frame"]):
-        a = old.positions[old["frame"] == f][:, 1:]
-        b = new.positions[new["frame"] == f][:, 1:]
-        if len(a) == 0 or len(b) == 0:
-            continue
-        d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
-        r, c = linear_sum_assignment(d)
-        matched += int((d[r, c] <= tol_px).sum())
+    from napari_cycleulm.metrics import match_localisations
+
+    matched = match_localisations(old, new, tolerance=tol_px).tp if len(old) and len(new) else 0
     n_old, n_new = len(old), len(new)
     return {
         "old_detections": n_old,

@@ -11,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from scipy.optimize import linear_sum_assignment
 
+from napari_cycleulm.metrics import match_localisations
 from napari_cycleulm.localise import decon as decon_module
 from napari_cycleulm.localise.decon import deconvolve, localise_decon
 from napari_cycleulm.localise.peaks import find_peaks
@@ -53,15 +53,7 @@ def _whole_frame_reference(monkeypatch, frames, **kw):
 
 def _agreement(ref, new, tol_px: float = 0.1):
     """Fraction of ``ref`` detections with a one-to-one partner in ``new`` within ``tol_px``."""
-    matched = 0
-    for f in np.union1d(ref["frame"], new["frame"]):
-        a = ref.positions[ref["frame"] == f][:, 1:]
-        b = new.positions[new["frame"] == f][:, 1:]
-        if len(a) == 0 or len(b) == 0:
-            continue
-        d = np.hypot(a[:, None, 0] - b[None, :, 0], a[:, None, 1] - b[None, :, 1])
-        r, c = linear_sum_assignment(d)
-        matched += int((d[r, c] <= tol_px).sum())
+    matched = match_localisations(ref, new, tolerance=tol_px).tp if len(ref) and len(new) else 0
     return matched / max(len(ref), 1)
 
 
