@@ -252,6 +252,34 @@ def svd_knee(singular_values) -> int:
     return int(np.clip(k, 1, n - 1))
 
 
+#: Pixels per chunk of the Casorati products (bounds the float64 temporaries).
+_CHUNK_PIXELS = 1 << 16
+
+
+def _temporal_basis(flat: np.ndarray, device) -> tuple[np.ndarray, torch.Tensor]:
+    """Singular values and right singular vectors of a ``(T, P)`` Casorati stack.
+
+    From the small ``T x T`` Gram matrix ``S^H S``, accumulated in float64
+    (complex128 for IQ) over chunks of :data:`_CHUNK_PIXELS` pixels, so that
+    memory stays that of the input; eigenvalues span many decades.
+
+    Returns
+    -------
+    numpy.ndarray, torch.Tensor
+        Singular values in decreasing order (float64, ``(T,)``) and the
+        matching right singular vectors as columns (``(T, T)``, on ``device``).
+    """
+    t, p = flat.shape
+    wide = torch.complex128 if np.iscomplexobj(flat) else torch.float64
+    gram = torch.zeros((t, t), dtype=wide, device=device)
+    for a in range(0, p, _CHUNK_PIXELS):
+        c = torch.from_numpy(np.ascontiguousarray(flat[:, a:a + _CHUNK_PIXELS])).to(device, wide)
+        gram += c.conj() @ c.T  # (T, T) = S^H S with S = flat.T
+    evals, evecs = torch.linalg.eigh(gram)
+    order = torch.argsort(evals, descending=True)
+    return torch.sqrt(evals[order].clamp_min(0)).cpu().numpy(), evecs[:, order]
+
+
 def svd_clutter_filter(
     frames,
     cutoff: int | None = None,
@@ -325,14 +353,8 @@ def svd_clutter_filter(
     dev = resolve_device(device)
     cdtype = torch.complex64 if is_complex else torch.float32
     s = torch.from_numpy(np.ascontiguousarray(arr.reshape(t, h * w))).to(dev, cdtype)
-    # Gram matrix in float64: eigenvalues span many decades.
-    s64 = s.to(torch.complex128 if is_complex else torch.float64)
-    gram = s64.conj() @ s64.T  # (T, T) = S^H S with S = s.T
-    evals, evecs = torch.linalg.eigh(gram)
-    order = torch.argsort(evals, descending=True)
-    evals = evals[order].clamp_min(0)
-    evecs = evecs[:, order]
-    sing = torch.sqrt(evals).cpu().numpy()
+    sing, evecs = _temporal_basis(arr.reshape(t, h * w).astype(np.complex64 if is_complex else np.float32,
+                                                             copy=False), dev)
 
     if cutoff is None:
         cutoff = svd_knee(sing)
@@ -373,8 +395,6 @@ CLUTTER_ABOVE_MEDIAN_DB = 18.0
 MAX_CUTOFF_FRACTION = 0.1
 #: The clutter filter every pipeline runs first unless told otherwise.
 DEFAULT_CLUTTER_FILTER = "svd:auto"
-#: Pixels per chunk of the Casorati products (bounds the float64 temporaries).
-_CHUNK_PIXELS = 1 << 16
 #: Side of the box (pixels) whose mean is the smooth trend of the temporal-mean image.
 TEXTURE_WINDOW_PX = 15
 
@@ -462,10 +482,7 @@ def auto_cutoff(block, singular_values=None) -> int:
     x = np.asarray(block)
     t = x.shape[0]
     if singular_values is None:
-        flat = x.reshape(t, -1)
-        flat = flat.astype(np.complex128 if np.iscomplexobj(flat) else np.float64)
-        evals = np.linalg.eigvalsh(flat.conj() @ flat.T)[::-1]
-        singular_values = np.sqrt(np.clip(evals, 0, None))
+        singular_values, _ = _temporal_basis(x.reshape(t, -1), resolve_device(None))
     sv = np.asarray(singular_values, dtype=np.float64)
     floor = np.median(sv)
     if not floor > 0:
@@ -560,15 +577,9 @@ def _filter_block(block: np.ndarray, cutoff: int | str, device) -> tuple[np.ndar
     flat = block.reshape(t, h * w)
     dev = resolve_device(device)
     wide = torch.complex128 if is_complex else torch.float64
-    gram = torch.zeros((t, t), dtype=wide, device=dev)
-    for a in range(0, h * w, _CHUNK_PIXELS):
-        c = torch.from_numpy(np.ascontiguousarray(flat[:, a:a + _CHUNK_PIXELS])).to(dev, wide)
-        gram += c.conj() @ c.T
-    evals, evecs = torch.linalg.eigh(gram)
-    order = torch.argsort(evals, descending=True)
-    evecs = evecs[:, order]
+    sing, evecs = _temporal_basis(flat, dev)
     if cutoff == "auto":
-        cutoff = auto_cutoff(block, torch.sqrt(evals[order].clamp_min(0)).cpu().numpy())
+        cutoff = auto_cutoff(block, sing)
     k = min(int(cutoff), t - 1)
     vk = evecs[:, k:]
     out = np.empty((t, h, w), np.float32)
