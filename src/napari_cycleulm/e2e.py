@@ -70,6 +70,15 @@ _SUMS = ("w", "speed", "axial", "uy", "ux", "vy", "vx")
 PROB_THRESHOLD = 0.4
 
 
+#: Frame pixels per MBT-Net call that the default batch size aims at (4 windows of 160 x 160).
+BATCH_PIXELS = 4 * 160 * 160
+
+
+def default_batch_size(shape: tuple[int, int]) -> int:
+    """Windows per MBT-Net call for ``(H, W)`` frames: 4, fewer on large frames (at least 1)."""
+    return int(max(1, min(4, BATCH_PIXELS // (int(shape[0]) * int(shape[1])))))
+
+
 class E2EAccumulator:
     """Accumulate MBT-Net outputs over an acquisition into SR maps.
 
@@ -158,7 +167,7 @@ class E2EAccumulator:
         mb_frames,
         model=None,
         *,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         device: str | torch.device | None = None,
     ) -> int:
         """Add the next consecutive MB-only frames; run MBT-Net on every window now complete.
@@ -171,8 +180,10 @@ class E2EAccumulator:
             The MBT-Net (see :mod:`napari_cycleulm.models`); load it once
             (:func:`~napari_cycleulm.models.load_model`) and pass the
             checkpoint for every block.
-        batch_size : int
-            Windows per network call.
+        batch_size : int, optional
+            Windows per network call; default :func:`default_batch_size` (4 on
+            frames up to about 160 x 160, 1 on 511 x 659 frames, where MBT-Net's
+            x4 decoder would otherwise hold gigabytes of activations).
         device : str or torch.device, optional
             Torch device (default: the model's, CUDA when available).
 
@@ -188,6 +199,8 @@ class E2EAccumulator:
             raise CycleULMError(
                 f"frames of {arr.shape[1:]} do not match the accumulator's {self.shape}."
             )
+        if batch_size is None:
+            batch_size = default_batch_size(self.shape)
         if int(batch_size) != batch_size or batch_size < 1:
             raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
         self._batch_size = int(batch_size)

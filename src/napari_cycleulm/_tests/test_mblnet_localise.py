@@ -128,3 +128,26 @@ def test_bad_inputs_are_explained(tmp_path):
         localise_mblnet(frames, paths["mbdt"])
     with pytest.raises(CycleULMError, match=r"\(T, 7, H, W\)"):
         decode_mblnet(torch.zeros((1, 3, 4, 4)))
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, 8, 64])
+def test_batchwise_decoding_equals_decoding_the_whole_block(batch_size):
+    """localise_mblnet decodes batch by batch (memory); the table equals decoding all maps at once."""
+    from napari_cycleulm.localise.mblnet import mblnet_maps
+    from napari_cycleulm.models import load_model
+
+    rng = np.random.default_rng(3)
+    frames = np.zeros((10, 40, 48), np.float32)
+    yy, xx = np.mgrid[0:40, 0:48]
+    for f in range(10):
+        for _ in range(4):
+            y, x = rng.uniform(4, 36), rng.uniform(4, 44)
+            frames[f] += np.exp(-0.5 * (((yy - y) / 1.2) ** 2 + ((xx - x) / 1.2) ** 2))
+    before, after = frames[3], frames[7]
+    net = load_model("mblnet", "default", "cpu")
+    want = decode_mblnet(mblnet_maps(frames, net, batch_size=batch_size, device="cpu", before=before, after=after),
+                         0.4)
+    got = localise_mblnet(frames, net, 0.4, batch_size=batch_size, device="cpu", before=before, after=after)
+    assert len(want) > 20
+    for col in ("frame", "y", "x", "intensity", "score"):
+        np.testing.assert_array_equal(got[col], want[col])
