@@ -483,13 +483,22 @@ def auto_cutoff(block, singular_values=None) -> int:
     t = x.shape[0]
     if singular_values is None:
         singular_values, _ = _temporal_basis(x.reshape(t, -1), resolve_device(None))
+    return _clutter_rank(singular_values, t)
+
+
+def _clutter_rank(singular_values, n_frames: int) -> int:
+    """Leading components more than :data:`CLUTTER_ABOVE_MEDIAN_DB` above the median singular value.
+
+    At least 1 and at most :data:`MAX_CUTOFF_FRACTION` of ``n_frames`` (the
+    second decision of :func:`auto_cutoff`).
+    """
     sv = np.asarray(singular_values, dtype=np.float64)
     floor = np.median(sv)
     if not floor > 0:
         return 1
     above = 20.0 * np.log10(np.maximum(sv, np.finfo(np.float64).tiny) / floor) > CLUTTER_ABOVE_MEDIAN_DB
     k = int(np.argmin(above)) if not above.all() else len(sv)  # leading run above the level
-    return int(np.clip(k, 1, max(1, int(MAX_CUTOFF_FRACTION * t))))
+    return int(np.clip(k, 1, max(1, int(MAX_CUTOFF_FRACTION * n_frames))))
 
 
 @dataclass(frozen=True)
@@ -578,8 +587,8 @@ def _filter_block(block: np.ndarray, cutoff: int | str, device) -> tuple[np.ndar
     dev = resolve_device(device)
     wide = torch.complex128 if is_complex else torch.float64
     sing, evecs = _temporal_basis(flat, dev)
-    if cutoff == "auto":
-        cutoff = auto_cutoff(block, sing)
+    if cutoff == "auto":  # the static-texture test was passed above: only the rank is left
+        cutoff = _clutter_rank(sing, t)
     k = min(int(cutoff), t - 1)
     vk = evecs[:, k:]
     out = np.empty((t, h, w), np.float32)
