@@ -37,7 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cycleulm.metrics import match_localisations, rmse, ssim
+from napari_cycleulm.metrics import match_localisations, precision_recall_sweep, rmse, ssim
 from napari_cycleulm.pipeline import PIPELINES, iter_pipeline
 from napari_cycleulm.progress import drive
 from napari_cycleulm.psf import estimate_psf_auto
@@ -58,14 +58,12 @@ def ground_truth_map(sim, upsampling: int) -> np.ndarray:
 def sweep(sim, psf, pipeline: str, thresholds, low: float, tolerance: float, **kw) -> list[dict]:
     """Precision-recall points: run once at a low threshold, then cut the scores."""
     res = drive(iter_pipeline(sim.frames, pipeline, psf, threshold=low, **kw))
-    locs = res.localisations
-    rows = []
-    for th in thresholds:
-        m = match_localisations(sim.ground_truth, locs.select(locs["score"] > th), tolerance=tolerance)
-        rows.append({"pipeline": pipeline, "threshold": float(th), "n": int((locs["score"] > th).sum()),
-                     "recall": m.recall, "precision": m.precision, "f1": m.f1,
-                     "mean_error_px": m.mean_error_px})
-    return rows
+    # metrics.precision_recall_sweep keeps detections with score >= threshold.
+    curve = precision_recall_sweep(sim.ground_truth, res.localisations, score_column="score",
+                                   thresholds=thresholds, tolerance=tolerance)
+    return [{"pipeline": pipeline, "threshold": r["threshold"], "n": r["n_detections"],
+             "recall": r["recall"], "precision": r["precision"], "f1": r["f1"],
+             "mean_error_px": r["mean_error_px"]} for r in curve]
 
 
 def score_run(sim, res, gt_map, tolerance: float) -> dict:

@@ -209,6 +209,33 @@ def test_precision_recall_sweep():
         precision_recall_sweep(gt, det.select(np.ones(6, bool)).with_columns(), score_column="q")
 
 
+def test_the_accuracy_benchmark_uses_this_sweep(monkeypatch):
+    """benchmarks/accuracy.py reports metrics.precision_recall_sweep (score >= threshold), no copy of it."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(__file__).resolve().parents[3] / "benchmarks" / "accuracy.py"
+    if not path.is_file():
+        pytest.skip("benchmarks/ is not beside the package (installed without the repository)")
+    spec = importlib.util.spec_from_file_location("_accuracy_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gt = Localisations({"frame": [0] * 4, "y": [10, 20, 30, 40], "x": [10] * 4})
+    det = Localisations({"frame": [0] * 6, "y": [10, 20, 30, 40, 50, 60], "x": [10.5] * 6,
+                         "score": [0.9, 0.8, 0.7, 0.2, 0.5, 0.1]})
+    monkeypatch.setattr(bench, "iter_pipeline", lambda *a, **k: None)
+    monkeypatch.setattr(bench, "drive", lambda _: SimpleNamespace(localisations=det))
+    rows = bench.sweep(SimpleNamespace(frames=None, ground_truth=gt), None, "p", [0.2, 0.7], 0.0, 1.0)
+    expected = precision_recall_sweep(gt, det, thresholds=[0.2, 0.7], tolerance=1.0)
+    # A score equal to the threshold is kept (>=): 5 detections at 0.2, 3 at 0.7.
+    assert [r["n"] for r in rows] == [e["n_detections"] for e in expected] == [5, 3]
+    for r, e in zip(rows, expected):
+        assert r["pipeline"] == "p"
+        assert {k: r[k] for k in ("threshold", "recall", "precision", "f1", "mean_error_px")} == {
+            k: e[k] for k in ("threshold", "recall", "precision", "f1", "mean_error_px")}
+
+
 # -- maps ------------------------------------------------------------------
 def test_rmse_known_value_and_normalisation():
     a = np.zeros((4, 4))
