@@ -33,6 +33,7 @@ import io
 import math
 import os
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -42,7 +43,7 @@ from scipy import ndimage
 from ._atomic import write_text_atomic
 from ._json import jsonable
 from .errors import CycleULMError
-from .io import iter_blocks
+from .io import LazyStack, _is_lazy_array, magnitude
 from .metrics import cnr_db, fwhm, line_profile, match_localisations, precision_recall_sweep
 from .tables import PointTable
 
@@ -78,13 +79,22 @@ SCORE_COLUMNS = (
 # Maximum-intensity projection
 # --------------------------------------------------------------------------
 def mip(frames, block_size: int = 128) -> np.ndarray:
-    """Maximum-intensity projection over time.
+    """Maximum-intensity projection over time: the one MIP of the package.
+
+    Used by the Evaluate widget, :func:`cnr_on_mip` / :func:`fwhm_on_mip` and
+    the exports (a stack's PNG is its MIP).
+
+    NaN rule: NaN means "no value here" (e.g. a map pixel no track crossed),
+    so NaN is ignored: each pixel's MIP is the largest of its non-NaN values,
+    and a pixel that is NaN in every frame stays NaN (no warning).  Infinite
+    values take part like any other value.
 
     Parameters
     ----------
-    frames : array_like or LazyStack, shape (T, H, W) or (H, W)
+    frames : array_like, LazyStack or lazy array (dask, zarr), shape (T, H, W) or (H, W)
         Frames (any intensity unit).  Read block by block, so a lazy stack is
-        never loaded whole.  A 2-D image is returned as it is.
+        never loaded whole; complex (IQ) frames are projected as their
+        magnitude.  A 2-D image is returned as it is (as float32).
     block_size : int
         Frames read at a time.
 
@@ -96,15 +106,36 @@ def mip(frames, block_size: int = 128) -> np.ndarray:
     Raises
     ------
     CycleULMError
-        On data that is not 2-D / 3-D, empty, complex or holds NaN.
+        On data that is not 2-D / 3-D, empty, or not numeric, or a bad
+        ``block_size``.
     """
+    if int(block_size) != block_size or block_size < 1:
+        raise CycleULMError(f"block_size must be a whole number >= 1, got {block_size}.")
+    stack = frames if isinstance(frames, LazyStack) or _is_lazy_array(frames) else np.asarray(frames)
+    if stack.ndim == 2:
+        stack = stack[None]
+    if stack.ndim != 3:
+        raise CycleULMError(
+            f"a MIP needs (frames, height, width) frames or one (height, width) image, got shape "
+            f"{tuple(stack.shape)}."
+        )
+    if stack.shape[0] == 0 or 0 in stack.shape[1:]:
+        raise CycleULMError(f"the stack is empty (shape {tuple(stack.shape)}); a MIP needs at least one frame.")
+    dtype = np.dtype(getattr(stack, "dtype", np.float32))
+    numeric = np.issubdtype(dtype, np.number) or dtype == bool or {"real", "imag"} <= set(dtype.names or ())
+    if not numeric:
+        raise CycleULMError(f"a MIP needs numeric frames, got dtype {dtype}.")
+    stack = magnitude(stack)
     out = None
-    for _, _, block in iter_blocks(frames, block_size):
-        m = block.max(axis=0)
-        out = m if out is None else np.maximum(out, m)
-    if out is None:
-        raise CycleULMError("the stack has no frames; a MIP needs at least one frame.")
-    return out.astype(np.float32, copy=False)
+    for start in range(0, stack.shape[0], int(block_size)):
+        block = stack.block(start, start + int(block_size)) if isinstance(stack, LazyStack) else \
+            stack[start : start + int(block_size)]
+        block = np.asarray(block, dtype=np.float32)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN pixel: stays NaN
+            m = np.nanmax(block, axis=0)
+        out = m if out is None else np.fmax(out, m)
+    return out
 
 
 def _as_mip(frames, name: str) -> np.ndarray:

@@ -34,6 +34,7 @@ from ._atomic import atomic_path, staged_dir, write_text_atomic
 from ._outputs import check_writable_folder
 from ._json import jsonable
 from .errors import CycleULMError
+from .evaluate import mip as _mip  # the one MIP (NaN ignored); `mip` is an export_run flag
 from .progress import Progress, drive
 from .render import SRMaps, to_png, write_normalised_png
 from .tables import PointTable, Tracks
@@ -785,20 +786,6 @@ def iter_export_layers(
     return report
 
 
-def _stack_mip(stack, block: int = 64) -> np.ndarray:
-    """Maximum over frames, block by block, ignoring NaN (an all-NaN pixel stays NaN)."""
-    import warnings
-
-    out = None
-    for i in range(0, stack.shape[0], block):
-        blk = np.asarray(stack[i : i + block], dtype=np.float32)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
-            m = np.nanmax(blk, axis=0)
-        out = m if out is None else np.fmax(out, m)
-    return out
-
-
 def _export_image(it: LayerExport, stem, fmts, png_contrast, scale_bar_mm, report) -> None:
     arr = np.asarray(it.data)
     if arr.ndim == 3 and arr.shape[0] == 1:
@@ -811,7 +798,7 @@ def _export_image(it: LayerExport, stem, fmts, png_contrast, scale_bar_mm, repor
         path = write_map_tiff(report.out_dir / f"{stem}.tif", arr, px, info=info)
         report.files.append({"path": str(path), "source": it.name, "format": "tif", "pixel_size_um": px})
     if "png" in fmts:
-        img, suffix = (arr, "") if arr.ndim == 2 else (_stack_mip(arr), " MIP")
+        img, suffix = (arr, "") if arr.ndim == 2 else (_mip(arr), " MIP")
         path = report.out_dir / (f"{stem}.png" if arr.ndim == 2 else f"{stem}_MIP.png")
         if px is None:  # a layer without pixel size still exports, without a bar
             bar = None
@@ -1053,7 +1040,7 @@ def export_run(
                         raise CycleULMError(msg + ".")
                     report.notes.append(msg + "; skipped.")
                     continue
-                data = _stack_mip(data)
+                data = _mip(data)
                 source_name += " (MIP)"
                 stem += "_MIP"
             is_sr = src.stem.lower().startswith("sr_") or bool(mf.info.get("upsampling"))

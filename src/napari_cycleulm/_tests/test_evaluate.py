@@ -54,6 +54,30 @@ def test_mip_is_the_maximum_over_time_block_by_block(tmp_path):
     np.testing.assert_array_equal(mip(read_stack(tmp_path / "s.tif", lazy=True), block_size=3), frames.max(0))
     with pytest.raises(CycleULMError):
         mip(np.zeros((2, 2, 2, 2)))
+    with pytest.raises(CycleULMError, match="empty"):
+        mip(np.zeros((0, 2, 2)))
+    with pytest.raises(CycleULMError, match="numeric"):
+        mip(np.full((2, 2, 2), "a"))
+
+
+def test_mip_ignores_nan_and_an_all_nan_pixel_stays_nan(recwarn):
+    """The NaN rule of the one MIP: NaN is "no value"; blocks do not change the answer."""
+    frames = np.array([[[np.nan, 1.0, np.nan]], [[2.0, np.nan, np.nan]], [[1.0, 0.5, np.nan]]], np.float32)
+    for block in (1, 2, 128):
+        out = mip(frames, block_size=block)
+        assert out.dtype == np.float32 and out.shape == (1, 3)
+        np.testing.assert_array_equal(out, [[2.0, 1.0, np.nan]])
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]  # no all-NaN warning
+    # Complex (IQ) frames: the MIP of the magnitude.
+    np.testing.assert_allclose(mip(np.array([[[3 + 4j]], [[1j]]])), [[5.0]])
+
+
+def test_export_uses_the_evaluate_mip():
+    """No second MIP in export.py: a stack's PNG and `cycleulm export --mip` project with evaluate.mip."""
+    import napari_cycleulm.export as export
+
+    assert export._mip is mip
+    assert not hasattr(export, "_stack_mip")
 
 
 def test_cnr_on_the_mip_matches_known_means_and_std():
