@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import ndimage, sparse
+from scipy import sparse
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
@@ -31,6 +31,7 @@ __all__ = [
     "fwhm",
     "line_profile",
     "match_localisations",
+    "path_profile",
     "precision_recall_sweep",
     "px_to_um",
     "rmse",
@@ -167,8 +168,116 @@ def fwhm(profile, spacing: float = 1.0, baseline: float | None = None) -> float:
     return float((right - left) * spacing)
 
 
-def line_profile(image, start, end, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Sample an image along a straight line with bilinear interpolation.
+#: Pixels kept around a scan line when :func:`path_profile` crops the image for
+#: ``skimage.measure.profile_line``: the spline prefilter (orders 2-5) couples
+#: pixels with weights below 0.43**d at distance d, < 1e-17 at this margin.
+_PROFILE_MARGIN = 48
+
+
+def _profile_line(img: np.ndarray, src: np.ndarray, dst: np.ndarray, count: int, order: int) -> np.ndarray:
+    """``skimage.measure.profile_line`` from ``src`` to ``dst`` (``count`` points), on a crop."""
+    from skimage.measure import profile_line
+
+    h, w = img.shape
+    ends = np.clip(np.vstack([src, dst]), 0, [h - 1, w - 1])  # points outside: their nearest pixel
+    margin = 1 if order < 2 else _PROFILE_MARGIN
+    lo = np.maximum(np.floor(ends.min(axis=0)).astype(int) - margin, 0)
+    hi = np.minimum(np.ceil(ends.max(axis=0)).astype(int) + margin + 1, [h, w])
+    crop = img[lo[0] : hi[0], lo[1] : hi[1]]
+    values = profile_line(crop, src - lo, dst - lo, linewidth=1, order=order, mode="nearest")
+    if values.shape != (count,):  # pragma: no cover - guards the spacing arithmetic of path_profile
+        raise RuntimeError(f"profile_line gave {values.shape[0]} samples where {count} were planned.")
+    return values
+
+
+def path_profile(image, vertices, n: int | None = None, *, order: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Intensity profile along a line or polyline at ``n`` equally spaced arc lengths.
+
+    The one line-profile sampler of the package (:func:`line_profile` and
+    :func:`evaluate.profile_along` call it).  Values come from
+    :func:`skimage.measure.profile_line` with ``linewidth=1`` (one line, no
+    averaging across it) and ``mode="nearest"`` (a point outside the image
+    takes the nearest edge value).  ``profile_line`` samples a scan line about
+    once per pixel; finer spacings are read as several interleaved scan lines
+    (one sample in ``stride``), so any ``n`` is honoured.
+
+    Parameters
+    ----------
+    image : array_like, shape (H, W)
+        Image to sample.
+    vertices : array_like, shape (N, 2)
+        ``(y, x)`` vertices in pixels (``(0, 0)`` is the centre of the
+        top-left pixel), ``N >= 2``; repeated consecutive vertices are
+        ignored.  Samples are equally spaced along the whole path, the first
+        on the first vertex and the last on the last one.
+    n : int, optional
+        Number of samples (>= 2); by default one per pixel of length plus one.
+    order : int
+        Spline interpolation order, 0-5.  3 (cubic, default) measures the
+        FWHM of a Gaussian of sigma >= 1 px within about 3 % when sampled 4
+        times per pixel, wherever its centre falls between pixels; 1
+        (bilinear, ``profile_line``'s own default) overestimates it by up to
+        10 % at sigma 1 px, because the linear interpolant is wider than the
+        Gaussian between pixel centres.
+
+    Returns
+    -------
+    distances : numpy.ndarray, shape (n,)
+        Arc length of each sample from the first vertex, pixels.
+    values : numpy.ndarray, shape (n,)
+        Interpolated intensities (float64).
+
+    Raises
+    ------
+    CycleULMError
+        If the image is not 2-D, the vertices are not at least two finite
+        ``(y, x)`` pairs, ``n < 2`` or the order is not 0-5.
+    """
+    img = np.asarray(image, dtype=np.float64)
+    if img.ndim != 2 or img.size == 0:
+        raise CycleULMError(f"image must be 2-D (height, width), got shape {img.shape}.")
+    if isinstance(order, bool) or order not in range(6):
+        raise CycleULMError(f"order must be an integer from 0 to 5, got {order!r}.")
+    v = np.asarray(vertices, dtype=np.float64)
+    if v.ndim != 2 or v.shape[1] != 2 or len(v) < 2 or not np.isfinite(v).all():
+        raise CycleULMError(f"vertices must be at least 2 finite (y, x) pairs, got {vertices!r}.")
+    seg = np.hypot(*np.diff(v, axis=0).T)
+    v = v[np.r_[True, seg > 0]]
+    seg = seg[seg > 0]
+    cum = np.r_[0.0, np.cumsum(seg)]
+    length = float(cum[-1])
+    n = int(math.ceil(length)) + 1 if n is None else int(n)
+    if n < 2:
+        raise CycleULMError(f"n must be at least 2, got {n}.")
+    dist = np.linspace(0.0, length, n)
+    if length == 0.0:
+        return dist, np.full(n, _profile_line(img, v[0], v[0], 1, order)[0])
+    step = length / (n - 1)
+    # profile_line puts ceil(L) + 1 samples on a scan line of length L.  A scan
+    # line through every stride-th sample (spacing `gap` <= 1 px, shrunk by 1e-12
+    # so rounding never adds a sample) of c samples gets exactly c of them while
+    # (c - 1) (1 - gap) < 1: longer runs are cut into chunks of `chunk` samples
+    # (whole runs when the spacing divides a pixel, as with the default n).
+    stride = max(1, int(math.floor(1.0 / step)))
+    gap = stride * step * (1.0 - 1e-12)
+    chunk = 1 if gap > 1.0 else min(n, 1 + int(math.floor((1.0 - 1e-6) / (1.0 - gap))))
+    which = np.clip(np.searchsorted(cum, dist, side="right") - 1, 0, len(seg) - 1)
+    unit = np.diff(v, axis=0) / seg[:, None]
+    values = np.empty(n)
+    for k in range(len(seg)):
+        idx = np.flatnonzero(which == k)
+        for phase in range(stride):
+            run = idx[phase::stride]
+            for j in range(0, len(run), chunk):
+                part = run[j : j + chunk]
+                src = v[k] + (dist[part[0]] - cum[k]) * unit[k]
+                dst = src + (len(part) - 1) * gap * unit[k]
+                values[part] = _profile_line(img, src, dst, len(part), order)
+    return dist, values
+
+
+def line_profile(image, start, end, n: int | None = None, *, order: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Sample an image along a straight line (:func:`path_profile` of two vertices).
 
     Parameters
     ----------
@@ -180,6 +289,9 @@ def line_profile(image, start, end, n: int | None = None) -> tuple[np.ndarray, n
         value.
     n : int, optional
         Number of samples; by default one per pixel of length plus one.
+    order : int
+        Spline interpolation order (default 3, cubic: see :func:`path_profile`
+        for why not bilinear).
 
     Returns
     -------
@@ -194,22 +306,11 @@ def line_profile(image, start, end, n: int | None = None) -> tuple[np.ndarray, n
         If the image is not 2-D, a point is not a pair of finite numbers, or
         ``n < 2``.
     """
-    img = np.asarray(image, dtype=np.float64)
-    if img.ndim != 2:
-        raise CycleULMError(f"image must be 2-D (height, width), got shape {img.shape}.")
     p0 = np.asarray(start, dtype=np.float64).reshape(-1)
     p1 = np.asarray(end, dtype=np.float64).reshape(-1)
     if p0.size != 2 or p1.size != 2 or not (np.isfinite(p0).all() and np.isfinite(p1).all()):
         raise CycleULMError(f"start and end must be finite (y, x) pairs, got {start} and {end}.")
-    length = float(np.hypot(*(p1 - p0)))
-    if n is None:
-        n = int(math.ceil(length)) + 1
-    if n < 2:
-        raise CycleULMError(f"n must be at least 2, got {n}.")
-    t = np.linspace(0.0, 1.0, int(n))
-    coords = p0[:, None] + (p1 - p0)[:, None] * t[None, :]
-    values = ndimage.map_coordinates(img, coords, order=1, mode="nearest")
-    return t * length, values
+    return path_profile(image, [p0, p1], n, order=order)
 
 
 # --------------------------------------------------------------------------

@@ -171,6 +171,22 @@ def test_fwhm_of_an_oblique_line_and_a_path():
     assert fwhm_on_mip(img, line3).fwhm_px == pytest.approx(fwhm_on_mip(img, line).fwhm_px)
 
 
+def test_profile_along_is_the_metrics_path_profile():
+    """One sampler: evaluate.profile_along only chooses the number of samples (4 per px by default)."""
+    import napari_cycleulm.evaluate as evaluate
+    from napari_cycleulm.metrics import path_profile
+
+    img = _ridge(1.5, angle=0.3)
+    path = [[10.0, 12.0], [40.5, 31.0], [45.0, 50.0]]
+    d, v = profile_along(img, path)
+    length = math.hypot(30.5, 19.0) + math.hypot(4.5, 19.0)
+    assert len(d) == math.ceil(4 * length) + 1
+    d2, v2 = path_profile(img, path, len(d))
+    np.testing.assert_array_equal(d, d2)
+    np.testing.assert_array_equal(v, v2)
+    assert not hasattr(evaluate, "line_profile") and not hasattr(evaluate, "ndimage")
+
+
 def test_compare_fwhm_raw_wider_than_mb_only():
     out = compare_fwhm({"raw": _ridge(3.0), "MB-only": _ridge(1.5)}, [[15, 30], [45, 30]])
     assert out[0].fwhm_px == pytest.approx(2 * out[1].fwhm_px, rel=0.05)

@@ -15,6 +15,7 @@ from napari_cycleulm.metrics import (
     fwhm,
     line_profile,
     match_localisations,
+    path_profile,
     precision_recall_sweep,
     px_to_um,
     rmse,
@@ -89,14 +90,65 @@ def test_line_profile_bilinear_and_fwhm_of_drawn_line():
     assert d[0] == 0 and d[-1] == pytest.approx(20)
     assert len(d) == 21
     np.testing.assert_allclose(v, 2 * np.linspace(5, 25, 21) + 5)
-    d, v = line_profile(img, (1.5, 2.0), (1.5, 3.0), n=3)
-    np.testing.assert_allclose(v, [5.5, 6.5, 7.5])
+    d, v = line_profile(img, (1.5, 2.0), (1.5, 3.0), n=3, order=1)
+    np.testing.assert_allclose(v, [5.5, 6.5, 7.5])  # bilinear on request
     # A vertical vessel of sigma 2 px across a diagonal line keeps its width along x.
     vessel = np.exp(-0.5 * ((xx - 20.0) / 2.0) ** 2)
     d, v = line_profile(vessel, (20, 0), (20, 40), n=401)
     assert fwhm(v, spacing=d[1] - d[0]) == pytest.approx(2.3548 * 2.0, rel=0.01)
     with pytest.raises(CycleULMError):
         line_profile(np.ones(5), (0, 0), (0, 1))
+
+
+@pytest.mark.parametrize("order", [1, 3])
+def test_path_profile_is_skimage_profile_line(order):
+    """At profile_line's own sampling (ceil(L) + 1 points) the values are profile_line's (one line wide, nearest)."""
+    from skimage.measure import profile_line
+
+    img = np.random.default_rng(3).normal(size=(40, 50))
+    for a, b in [((3.2, 4.7), (30.1, 41.9)), ((-4.0, 10.0), (20.0, 55.0)), ((12.0, 3.0), (12.0, 33.0))]:
+        ref = profile_line(img, a, b, linewidth=1, order=order, mode="nearest")
+        d, v = path_profile(img, [a, b], len(ref), order=order)
+        np.testing.assert_allclose(v, ref, atol=1e-9)
+        assert d[-1] == pytest.approx(math.hypot(b[0] - a[0], b[1] - a[1]))
+        np.testing.assert_allclose(line_profile(img, a, b, len(ref), order=order)[1], v)
+
+
+@pytest.mark.parametrize("n", [2, 7, 61, 241, 997])
+def test_path_profile_takes_any_number_of_samples_along_a_polyline(n):
+    """Samples finer or coarser than profile_line's ~1 px are at equal arc length along the path."""
+    yy, xx = np.mgrid[0:80, 0:90]
+    img = 0.5 * yy + 2.0 * xx + 3.0  # linear: splines reproduce it away from the edges
+    verts = np.array([[20.0, 20.0], [20.0, 40.0], [50.0, 40.0], [50.0, 40.0], [55.0, 52.0]])
+    d, v = path_profile(img, verts, n)
+    length = 20 + 30 + 13
+    np.testing.assert_allclose(d, np.linspace(0, length, n))
+    cum = [0, 20, 50, 63]
+    y = np.interp(d, cum, [20, 20, 50, 55])
+    x = np.interp(d, cum, [20, 40, 40, 52])
+    np.testing.assert_allclose(v, 0.5 * y + 2.0 * x + 3.0, atol=1e-6)
+    with pytest.raises(CycleULMError, match="n must be"):
+        path_profile(img, verts, 1)
+    with pytest.raises(CycleULMError, match="order"):
+        path_profile(img, verts, order=7)
+    with pytest.raises(CycleULMError, match="vertices"):
+        path_profile(img, [[1.0, 2.0]])
+
+
+def test_cubic_profile_keeps_the_fwhm_of_a_gaussian_where_bilinear_widens_it():
+    """A Gaussian ridge of sigma 1 px (FWHM 2.355 px), centre anywhere between pixels."""
+    from napari_cycleulm.evaluate import peak_fwhm
+
+    true = 2.0 * math.sqrt(2.0 * math.log(2.0))
+    widths = {1: [], 3: []}
+    yy = np.arange(60.0)[:, None] + np.zeros((1, 60))
+    for y0 in np.linspace(30.0, 31.0, 11):
+        img = np.exp(-0.5 * (yy - y0) ** 2)
+        for order in widths:
+            d, v = path_profile(img, [(18.0, 30.0), (42.0, 30.0)], 97, order=order)  # 4 per px
+            widths[order].append(peak_fwhm(v, d[1] - d[0]))
+    assert np.allclose(widths[3], true, rtol=0.03)
+    assert max(widths[1]) > 1.05 * true  # the bilinear interpolant is wider between pixels
 
 
 # -- Matching --------------------------------------------------------------
