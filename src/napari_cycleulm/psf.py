@@ -409,8 +409,9 @@ class PSFEstimate:
         ``(M, 3)`` refined sub-pixel ``(frame, y, x)`` of the bubbles averaged.
     used_index : numpy.ndarray
         ``(M,)`` indices of those bubbles in the input points.
-    rejected : list of (int, str)
-        Index in the input points and the reason, for every point not used.
+    rejected : list of (int, Rejection)
+        Index in the input points and the reason (a message with a
+        :attr:`Rejection.kind`), for every point not used.
     patch_radius : int
         Half-size of the patches averaged (patches are ``2r+1`` square).
     exclusion_radius : float
@@ -421,7 +422,7 @@ class PSFEstimate:
     psf: PSF
     used: np.ndarray
     used_index: np.ndarray
-    rejected: list[tuple[int, str]]
+    rejected: list[tuple[int, Rejection]]
     patch_radius: int
     exclusion_radius: float
 
@@ -590,6 +591,64 @@ def _as_points(points, n_frames: int) -> np.ndarray:
     return pts
 
 
+#: Kinds of the reasons :func:`estimate_psf` rejects a bubble for (:attr:`Rejection.kind`),
+#: with a short caption each.
+REJECTION_KINDS = {
+    "frame": "no such frame",
+    "outside": "outside the image",
+    "border": "too close to the border",
+    "dim": "too dim",
+    "neighbour": "has a neighbour",
+    "fit": "fit failed",
+    "other": "rejected",
+}
+
+
+class Rejection(str):
+    """Why :func:`estimate_psf` / :func:`screen_bubbles` reject a bubble.
+
+    The message itself (a ``str``: reports, comparisons and JSON see the
+    text) carrying a structured :attr:`kind`, so code sorts rejections by
+    kind without reading the English message.
+
+    Attributes
+    ----------
+    kind : str
+        A key of :data:`REJECTION_KINDS`: ``"frame"`` (no such frame),
+        ``"outside"`` (outside the image), ``"border"`` (the patch would leave
+        the image), ``"dim"`` (no bubble above the background),
+        ``"neighbour"`` (a second bubble in the patch), ``"fit"`` (the
+        Gaussian fit failed) or ``"other"``.
+    """
+
+    kind: str
+
+    def __new__(cls, message: str, kind: str) -> Rejection:
+        if kind not in REJECTION_KINDS:
+            raise ValueError(f"unknown rejection kind {kind!r}; use one of {sorted(REJECTION_KINDS)}.")
+        self = super().__new__(cls, message)
+        self.kind = kind
+        return self
+
+    def __getnewargs__(self) -> tuple[str, str]:  # pickle / copy keep the kind
+        return str(self), self.kind
+
+
+def _local_maxima(image: np.ndarray, threshold: float) -> np.ndarray:
+    """Boolean mask of the 3x3 local maxima of a 2-D image above ``threshold`` (exclusive).
+
+    :func:`localise.peaks.find_peaks` with ``min_distance=1`` (the package's one
+    peak finder; float64 images are compared in float64).  Of a flat-topped
+    maximum (equal neighbours) only the first pixel in raster order is kept.
+    """
+    from .localise.peaks import find_peaks  # not at module level: the localisers import psf
+
+    _, y, x, _ = find_peaks(image, float(threshold), min_distance=1)
+    mask = np.zeros(image.shape, bool)
+    mask[y, x] = True
+    return mask
+
+
 def _screening_radii(frames: np.ndarray, pts: np.ndarray, patch_radius, exclusion_radius):
     """Patch radius, central-lobe radius and peak search radius for :func:`estimate_psf`."""
     sigma_rough = _rough_sigma(frames, pts)
@@ -602,7 +661,7 @@ def _screening_radii(frames: np.ndarray, pts: np.ndarray, patch_radius, exclusio
 def _screen_points(frames, pts, r, excl, search, fit_rotation, second_peak_fraction, average):
     """Check each point and cut its re-centred patch.
 
-    Yields ``(index, reason, None)`` for a rejected point and
+    Yields ``(index, Rejection, None)`` for a rejected point and
     ``(index, None, (patch, (frame, y, x)))`` for an accepted one.
     """
     t, h, w = frames.shape
@@ -617,10 +676,10 @@ def _screen_points(frames, pts, r, excl, search, fit_rotation, second_peak_fract
     for i, (fr, y, x) in enumerate(pts):
         f = int(round(fr))
         if not 0 <= f < t:
-            yield i, f"frame {f} does not exist (the stack has {t} frames, 0-{t - 1})", None
+            yield i, Rejection(f"frame {f} does not exist (the stack has {t} frames, 0-{t - 1})", "frame"), None
             continue
         if not (-0.5 <= y < h - 0.5 and -0.5 <= x < w - 0.5):
-            yield i, f"({y:.1f}, {x:.1f}) is outside the {h}x{w} image", None
+            yield i, Rejection(f"({y:.1f}, {x:.1f}) is outside the {h}x{w} image", "outside"), None
             continue
         iy, ix = int(round(y)), int(round(x))
         ys, xs = slice(max(iy - search, 0), iy + search + 1), slice(max(ix - search, 0), ix + search + 1)
@@ -628,7 +687,7 @@ def _screen_points(frames, pts, r, excl, search, fit_rotation, second_peak_fract
         py, px = np.unravel_index(np.argmax(sub), sub.shape)
         py, px = py + ys.start, px + xs.start
         if py - big < 0 or px - big < 0 or py + big >= h or px + big >= w:
-            yield i, f"too close to the image border (needs {big} px around the bubble)", None
+            yield i, Rejection(f"too close to the image border (needs {big} px around the bubble)", "border"), None
             continue
         raw = frames[f, py - big : py + big + 1, px - big : px + big + 1].astype(np.float64)
         win = raw
@@ -639,26 +698,23 @@ def _screen_points(frames, pts, r, excl, search, fit_rotation, second_peak_fract
         win = win - bg
         peak = float(win[big, big])
         if peak <= max(3.0 * noise, 1e-12):
-            yield i, "no bubble above the background at this point", None
+            yield i, Rejection("no bubble above the background at this point", "dim"), None
             continue
-        maxima = (ndimage.maximum_filter(win, size=3, mode="nearest") == win) & (
-            win > second_peak_fraction * peak
-        )
-        maxima &= dist > excl
+        maxima = _local_maxima(win, second_peak_fraction * peak) & (dist > excl)
         if maxima.any():
             k = np.argmax(np.where(maxima, win, -np.inf))
             ky, kx = np.unravel_index(k, win.shape)
             yield (
                 i,
-                f"a second bubble in the patch (maximum at {ky - big:+d}, {kx - big:+d} px, "
-                f"{100 * win[ky, kx] / peak:.0f}% of the peak)",
+                Rejection(f"a second bubble in the patch (maximum at {ky - big:+d}, {kx - big:+d} px, "
+                          f"{100 * win[ky, kx] / peak:.0f}% of the peak)", "neighbour"),
                 None,
             )
             continue
         q, _, ok = _fit_gaussian(win, rotate=fit_rotation)
         amp, _, cy, cx = q[:4]
         if not ok or amp <= 0 or abs(cy - big) > 1.5 or abs(cx - big) > 1.5:
-            yield i, "the Gaussian fit on its patch failed (not a single bubble?)", None
+            yield i, Rejection("the Gaussian fit on its patch failed (not a single bubble?)", "fit"), None
             continue
         if average == "power":
             power = raw**2
@@ -880,8 +936,7 @@ def pick_isolated_bubbles(
         img = ndimage.gaussian_filter(frames[f].astype(np.float64), 1.0)
         med = float(np.median(img))
         noise = float(robust_sigma(img, center=med))
-        mx = (ndimage.maximum_filter(img, size=3, mode="nearest") == img) & (img > med + 3 * noise)
-        ys, xs = np.nonzero(mx)
+        ys, xs = np.nonzero(_local_maxima(img, med + 3 * noise))
         hts = img[ys, xs] - med
         thr = max(6 * noise, 0.2 * float(img.max() - med))
         for j in np.argsort(-hts)[: min(len(hts), 5)]:
@@ -1191,7 +1246,7 @@ def screen_bubbles(
     fit_rotation: bool = True,
     second_peak_fraction: float = 0.5,
     average: str = "power",
-) -> list[str | None]:
+) -> list[Rejection | None]:
     """Why :func:`estimate_psf` would reject each point (None: the point is usable).
 
     Runs exactly the per-bubble checks of :func:`estimate_psf` with the same
@@ -1205,8 +1260,8 @@ def screen_bubbles(
 
     Returns
     -------
-    list of str or None
-        One entry per point: the rejection reason or None.
+    list of Rejection or None
+        One entry per point: the rejection reason (with its ``kind``) or None.
 
     Raises
     ------
@@ -1220,47 +1275,9 @@ def screen_bubbles(
     if average not in ("power", "amplitude"):
         raise CycleULMError(f"average must be 'power' or 'amplitude', got {average!r}.")
     r, excl, search = _screening_radii(frames, pts, patch_radius, exclusion_radius)
-    reasons: list[str | None] = [None] * len(pts)
+    reasons: list[Rejection | None] = [None] * len(pts)
     for i, reason, _ in _screen_points(
         frames, pts, r, excl, search, fit_rotation, second_peak_fraction, average
     ):
         reasons[i] = reason
     return reasons
-
-
-#: Short names of the reasons :func:`estimate_psf` rejects a bubble for, see :func:`rejection_kind`.
-REJECTION_KINDS = {
-    "frame": "no such frame",
-    "outside": "outside the image",
-    "border": "too close to the border",
-    "dim": "too dim",
-    "neighbour": "has a neighbour",
-    "fit": "fit failed",
-    "other": "rejected",
-}
-
-
-def rejection_kind(reason: str) -> str:
-    """The kind of a rejection reason from :func:`estimate_psf` / :func:`screen_bubbles`.
-
-    Returns
-    -------
-    str
-        A key of :data:`REJECTION_KINDS`: ``"frame"`` (no such frame),
-        ``"outside"`` (outside the image), ``"border"`` (patch would leave the
-        image), ``"dim"`` (no bubble above the background), ``"neighbour"``
-        (a second bubble in the patch), ``"fit"`` (the Gaussian fit failed) or
-        ``"other"``.
-    """
-    text = str(reason)
-    for key, marker in (
-        ("frame", "does not exist"),
-        ("outside", "outside the"),
-        ("border", "border"),
-        ("dim", "no bubble above the background"),
-        ("neighbour", "second bubble"),
-        ("fit", "fit"),
-    ):
-        if marker in text:
-            return key
-    return "other"

@@ -13,12 +13,12 @@ from napari_cycleulm.psf import (
     FWHM_PER_SIGMA,
     PSF,
     REJECTION_KINDS,
+    Rejection,
     bubble_patches,
     estimate_psf,
     estimate_psf_auto,
     gaussian_kernel,
     pick_isolated_bubbles,
-    rejection_kind,
     screen_bubbles,
     snap_to_maximum,
 )
@@ -347,8 +347,9 @@ def test_screen_bubbles_gives_the_reasons_estimate_psf_uses(isolated_bubbles):
     assert len(reasons) == len(pts)
     assert [i for i, why in enumerate(reasons) if why is None] == est.used_index.tolist()
     assert [(i, why) for i, why in enumerate(reasons) if why is not None] == est.rejected
-    kinds = [rejection_kind(why) for why in reasons[12:]]
+    kinds = [why.kind for why in reasons[12:]]
     assert kinds == ["frame", "outside", "border", "dim"]
+    assert all(isinstance(why, Rejection) for why in reasons[12:])
     # Too few usable bubbles for an estimate: screening still says why for each.
     few = screen_bubbles(frames, pts[12:])
     assert all(why is not None for why in few)
@@ -360,6 +361,43 @@ def test_rejection_kinds_cover_every_reason():
         pts = np.array([[0, 20, 20], [0, 20, 20 + dx]], float)
         frames = draw_bubbles((1, 64, 64), pts, (1.5, 2.0), [1.0, 0.8])
         (why,) = screen_bubbles(frames, pts[:1])
-        assert rejection_kind(why) == kind, why
-    assert rejection_kind("something else") == "other"
+        assert why.kind == kind, why
     assert set(REJECTION_KINDS) == {"frame", "outside", "border", "dim", "neighbour", "fit", "other"}
+
+
+def test_a_rejection_is_its_message_with_a_structured_kind():
+    """The kind is data set where the bubble is rejected, never guessed from the English message."""
+    import copy
+    import pickle
+
+    import napari_cycleulm.psf as psf_module
+
+    why = Rejection("a second bubble in the patch", "fit")  # the text does not decide the kind
+    assert why == "a second bubble in the patch" and why.kind == "fit"
+    for back in (pickle.loads(pickle.dumps(why)), copy.deepcopy(why)):
+        assert back == why and back.kind == "fit"
+    assert json.loads(json.dumps({"why": why})) == {"why": "a second bubble in the patch"}
+    with pytest.raises(ValueError, match="kind"):
+        Rejection("too dim", "dark")
+    assert not hasattr(psf_module, "rejection_kind")  # no substring sorting beside the kind
+
+
+def test_psf_finds_local_maxima_with_the_localisers_peak_finder(isolated_bubbles, monkeypatch):
+    """Bubble picking and the second-bubble check use localise.peaks.find_peaks, not their own filter."""
+    from scipy import ndimage
+
+    import napari_cycleulm.localise.peaks as peaks
+    import napari_cycleulm.psf as psf_module
+
+    img = np.random.default_rng(5).normal(size=(30, 40))
+    expected = (ndimage.maximum_filter(img, size=3, mode="nearest") == img) & (img > 0.5)
+    np.testing.assert_array_equal(psf_module._local_maxima(img, 0.5), expected)
+    calls = []
+    real = peaks.find_peaks
+    monkeypatch.setattr(peaks, "find_peaks", lambda *a, **k: calls.append(k) or real(*a, **k))
+    frames, gt, _ = isolated_bubbles
+    pick_isolated_bubbles(frames[:2], n=5)
+    n_pick = len(calls)
+    screen_bubbles(frames, gt.positions[:3])
+    assert n_pick >= 2 and len(calls) > n_pick
+    assert all(k == {"min_distance": 1} for k in calls)

@@ -32,7 +32,6 @@ from ..psf import (
     bubble_patches,
     estimate_psf,
     pick_isolated_bubbles,
-    rejection_kind,
     screen_bubbles,
     snap_to_maximum,
 )
@@ -59,8 +58,8 @@ PENDING_COLOUR = "#9a9a9a"
 INFO_COLOUR = "#4a90d9"
 PICK_COLOUR = "yellow"
 
-#: Tile captions for the rejection kinds of :func:`napari_cycleulm.psf.rejection_kind`
-#: (the full reason is in the tile's tooltip and the layer's 'reason' feature).
+#: Tile captions for the kinds of :class:`napari_cycleulm.psf.Rejection` (``reason.kind``;
+#: the full reason is in the tile's tooltip and the layer's 'reason' feature).
 TILE_TAGS = {"frame": "no frame", "outside": "outside", "border": "border", "dim": "too dim",
              "neighbour": "neighbour", "fit": "bad fit", "other": "rejected"}
 
@@ -613,7 +612,7 @@ class PSFWidget(StageWidget):
                 tip = f"{where}\nused in the PSF"
             else:
                 state, reason = "rejected", str(verdicts[key])
-                tag = TILE_TAGS.get(rejection_kind(reason), "rejected")
+                tag = TILE_TAGS.get(getattr(verdicts[key], "kind", "other"), "rejected")
                 tip = f"{where}\nREJECTED: {reason}\nClick to go there, then delete it (Delete key)."
             counts[state] += 1
             caption = f"#{i} f{int(round(f))}" + (f"\n{tag}" if tag else "")

@@ -1,7 +1,8 @@
 """Batched peak finding and sub-pixel refinement on score maps.
 
-Shared by the NCC and deconvolution localisers (and the network heads): a
-score map per frame goes in, ``(frame, y, x, value)`` arrays come out.
+Shared by the NCC and deconvolution localisers, the network heads and the
+PSF estimation (second bubbles in a patch, automatic bubble picking): a score
+map per frame goes in, ``(frame, y, x, value)`` arrays come out.
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ def _as_maps(maps) -> torch.Tensor:
         arr = np.asarray(maps)
         if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
             raise CycleULMError(f"maps must be real numbers, got dtype {arr.dtype}.")
-        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))
+        dtype = np.float64 if arr.dtype == np.float64 else np.float32
+        t = torch.from_numpy(np.ascontiguousarray(arr, dtype=dtype))
     if t.ndim == 2:
         t = t[None]
     if t.ndim != 3:
         raise CycleULMError(f"maps must be (frames, height, width), got shape {tuple(t.shape)}.")
-    return t.float()
+    # float64 maps stay float64 (two values equal in float32 are not a plateau); the rest are float32.
+    return t if t.dtype == torch.float64 else t.float()
 
 
 def find_peaks(
@@ -52,6 +55,7 @@ def find_peaks(
     ----------
     maps : array_like or torch.Tensor
         ``(T, H, W)`` (or ``(H, W)``) score maps; tensors stay on their device.
+        float64 maps are compared in float64, any other type in float32.
     threshold : float
         Minimum value (exclusive).
     min_distance : int
