@@ -15,6 +15,7 @@ pytest.importorskip("napari")
 from napari_cycleulm._tests._tiny_nets import tiny_checkpoints  # noqa: E402
 from napari_cycleulm._widgets._layers import PSF_METADATA_KEY  # noqa: E402
 from napari_cycleulm._widgets._model_picker import MODELS_METADATA_KEY, trained_models  # noqa: E402
+from napari_cycleulm._widgets._plot import PlotPanel  # noqa: E402
 from napari_cycleulm._widgets.e2e_widget import E2EWidget  # noqa: E402
 from napari_cycleulm._widgets.localise_widget import LocaliseWidget  # noqa: E402
 from napari_cycleulm._widgets.train_widget import PLOTTED_LOSSES, TrainWidget  # noqa: E402
@@ -203,8 +204,14 @@ def test_train_widget_trains_with_loss_plot_preview_and_checkpoint(train_setup, 
     run_widget(qtbot, w)
     assert w.history["step"] == [1, 2, 3, 4]  # log every step for short runs
     assert all(len(w.history[k]) == 4 and np.isfinite(w.history[k]).all() for k in PLOTTED_LOSSES)
-    xs, ys = w.plot.lines["total"].get_data()
+    # The loss plot is the shared PlotPanel (no second plot class): one line per loss, savable.
+    assert isinstance(w.plot, PlotPanel)
+    lines = {line.get_label(): line for line in w.plot.ax.lines}
+    assert set(lines) == set(PLOTTED_LOSSES.values())
+    xs, ys = lines[PLOTTED_LOSSES["total"]].get_data()
     np.testing.assert_array_equal(xs, [1, 2, 3, 4])
+    np.testing.assert_allclose(ys, w.history["total"])
+    assert w.plot.save_button.enabled and w.plot.save_png(tmp_path / "losses").stat().st_size > 0
     preview = viewer.layers["ceus MB-DT preview"]
     assert preview.data.shape == (48, 48) and np.isfinite(preview.data).all()
     ck = load_checkpoint(tmp_path / "run" / "mbdt.pt", kind="mbdt", device="cpu")

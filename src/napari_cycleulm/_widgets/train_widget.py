@@ -24,6 +24,7 @@ from ._base import StageWidget
 from .pipeline_widget import clutter_controls
 from ._layers import PSF_METADATA_KEY, add_or_replace, frames_from_layer, psf_from_layer, result_name
 from ._model_picker import record_trained_model
+from ._plot import PlotPanel
 
 PATCH_SIZE = 40
 
@@ -45,37 +46,19 @@ def _has_path(edit: FileEdit) -> bool:
     return edit.value is not None and str(edit.value) not in ("", ".")
 
 
-class LossPlot:
-    """A small matplotlib canvas with the loss history (running means per logged step)."""
-
-    def __init__(self):
-        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
-        from matplotlib.figure import Figure
-
-        fg, bg = "#d6d6d6", "#262930"  # napari's dark theme
-        self.figure = Figure(figsize=(4, 2.6), dpi=90, facecolor=bg, layout="constrained")
-        self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(230)
-        self.ax = self.figure.add_subplot(111, facecolor=bg)
-        self.ax.set_xlabel("step", color=fg)
-        self.ax.set_ylabel("loss (log)", color=fg)
-        self.ax.set_yscale("log")  # G total (~20) and the small terms (~0.1-1) on one plot
-        self.ax.tick_params(colors=fg, labelsize=8)
-        for spine in self.ax.spines.values():
-            spine.set_color(fg)
-        self.lines = {k: self.ax.plot([], [], label=v, lw=1.2)[0] for k, v in PLOTTED_LOSSES.items()}
-        self.ax.legend(fontsize=7, loc="upper right", facecolor=bg, labelcolor=fg, edgecolor=fg)
-        self.ax.set_title("MB-DT losses", color=fg, fontsize=9)
-
-    def update(self, history: dict[str, list]) -> None:
-        steps = history.get("step", [])
-        for k, line in self.lines.items():
-            values = history.get(k, [])
-            n = min(len(steps), len(values))
-            line.set_data(steps[:n], values[:n])
-        self.ax.relim()
-        self.ax.autoscale_view()
-        self.canvas.draw_idle()
+def plot_losses(ax, history: dict[str, list]) -> None:
+    """Draw the loss history (running means per logged step) on a matplotlib Axes, log scale."""
+    steps = history.get("step", [])
+    for key, label in PLOTTED_LOSSES.items():
+        values = history.get(key, [])
+        n = min(len(steps), len(values))
+        ax.plot(steps[:n], values[:n], label=label, lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (log)")
+    if any(v > 0 for key in PLOTTED_LOSSES for v in history.get(key, [])):
+        ax.set_yscale("log")  # G total (~20) and the small terms (~0.1-1) on one plot
+    ax.set_title("MB-DT losses")
+    ax.legend(fontsize=7, loc="upper right")
 
 
 class TrainWidget(StageWidget):
@@ -124,8 +107,8 @@ class TrainWidget(StageWidget):
             Container(widgets=[self.load_path, self.load_button], layout="horizontal", labels=False,
                       label="load"),
         ])
-        self.plot = LossPlot()
-        self.native.layout().addWidget(self.plot.canvas)
+        self.plot = PlotPanel(title="mbdt_losses")
+        self.append(self.plot)
 
         self.history: dict[str, list] = {"step": []}
         self.active_path: Path | None = None
@@ -231,7 +214,7 @@ class TrainWidget(StageWidget):
         self._stop_requested = False
         self._run_layer = layer  # previews and the record go to this layer even if the combo changes
         self.history = {"step": []}
-        self.plot.update(self.history)
+        self._plot_losses()
         self._out = out
 
         def run():
@@ -266,9 +249,17 @@ class TrainWidget(StageWidget):
             self.history["step"].append(int(info.get("step", p.done)))
             for k, v in losses.items():
                 self.history.setdefault(k, []).append(float(v))
-            self.plot.update(self.history)
+            self._plot_losses()
         if info.get("preview") is not None:
             self._show_preview(np.asarray(info["preview"], np.float32), int(info.get("step", p.done)))
+
+    def _plot_losses(self) -> None:
+        """Redraw the loss plot from :attr:`history` (a snapshot, so a saved PNG shows this state)."""
+        if not self.history.get("step"):
+            self.plot.clear()
+            return
+        history = {k: list(v) for k, v in self.history.items()}
+        self.plot.plot(lambda ax: plot_losses(ax, history))
 
     def _show_preview(self, img: np.ndarray, step: int) -> None:
         src = self._run_layer
