@@ -10,8 +10,9 @@
 * Localisations and tracks to **CSV** (:meth:`tables.PointTable.to_csv`),
   optionally with physical-unit columns (:func:`with_physical_units`).
 * A whole ``cycleulm run`` folder (or loose files): :func:`export_run`, used by
-  ``cycleulm export``; napari layers: :class:`LayerExport` +
-  :func:`iter_export_layers`, used by the Export widget.
+  ``cycleulm export``.  napari layers are exported by the Export widget with
+  these functions (``_widgets/_layer_export.py``: reading a layer's state is
+  napari's business, not the core's).
 
 Every file is written atomically; each export also writes an ``export.json``
 manifest (what was written from what, with pixel sizes and colormaps).
@@ -24,7 +25,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,25 +36,19 @@ from ._outputs import check_writable_folder
 from ._json import jsonable
 from .errors import CycleULMError
 from .evaluate import mip as _mip  # the one MIP (NaN ignored); `mip` is an export_run flag
-from .progress import Progress, drive
 from .render import SRMaps, to_png, write_normalised_png
 from .tables import PointTable, Tracks
 
 __all__ = [
     "ExportReport",
     "FORMATS",
-    "LayerExport",
     "MAP_STYLES",
     "MapFile",
-    "export_layers",
     "export_maps",
     "export_run",
     "export_tables",
-    "frame_rate_from_meta",
-    "iter_export_layers",
     "map_style",
     "nice_scale_bar_mm",
-    "pixel_size_from_meta",
     "read_map_tiff",
     "safe_filename",
     "with_physical_units",
@@ -99,71 +94,12 @@ def _positive_or_none(name: str, value) -> float | None:
     return v
 
 
-def _meta_value(meta: Mapping, key: str):
-    """``meta[key]``, else ``meta["cycleulm"]["params"][key]``, else ``meta["cycleulm"][key]``."""
-    if meta.get(key) is not None:
-        return meta[key]
-    cyc = meta.get("cycleulm")
-    if isinstance(cyc, Mapping):
-        params = cyc.get("params")
-        if isinstance(params, Mapping) and params.get(key) is not None:
-            return params[key]
-        if cyc.get(key) is not None:
-            return cyc[key]
-    return None
-
-
 def _valid(value) -> float | None:
     try:
         v = float(value)
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
-
-
-def pixel_size_from_meta(layer_state: Mapping, kind: str = "image") -> float | None:
-    """Size of one data pixel in micrometres, from a napari layer's state, or None.
-
-    Rules, in order:
-
-    1. The layer's ``units`` name a length (e.g. ``micrometer``): the pixel
-       size is ``scale[-1]`` in that unit.
-    2. An ``"image"`` with ``metadata["sr_pixel_size_um"]`` (an SR map made
-       by the widgets): that value.
-    3. ``metadata["pixel_size_um"]`` (or ``metadata["cycleulm"]["params"]
-       ["pixel_size_um"]``) is the CEUS pixel size; for an ``"image"`` whose
-       metadata also holds an ``upsampling`` (an SR map) it is divided by it.
-
-    Parameters
-    ----------
-    layer_state : mapping
-        ``layer.as_layer_data_tuple()[1]`` (keys ``metadata``, ``scale``,
-        ``units``) or just ``{"metadata": ...}``.
-    kind : {"image", "points", "tracks"}
-        Layer type; only images are SR maps.
-    """
-    units = layer_state.get("units")
-    scale = layer_state.get("scale")
-    if units is not None and scale is not None and len(units) and len(scale):
-        factor = _LENGTH_UM.get(str(units[-1]).strip().lower())
-        if factor is not None and _valid(scale[-1]):
-            return float(scale[-1]) * factor
-    meta = layer_state.get("metadata") or {}
-    if kind == "image" and _valid(meta.get("sr_pixel_size_um")):
-        return float(meta["sr_pixel_size_um"])
-    px = _valid(_meta_value(meta, "pixel_size_um"))
-    if px is None:
-        return None
-    if kind == "image":
-        u = _valid(_meta_value(meta, "upsampling"))
-        if u is not None:
-            return px / u
-    return px
-
-
-def frame_rate_from_meta(layer_state: Mapping) -> float | None:
-    """Frame rate (Hz) from ``metadata["frame_rate_hz"]`` (or the CycleULM params), or None."""
-    return _valid(_meta_value(layer_state.get("metadata") or {}, "frame_rate_hz"))
 
 
 def nice_scale_bar_mm(width_px: int, pixel_size_um: float, fraction: float = 0.2) -> float:
@@ -406,6 +342,28 @@ def write_png(
 ) -> Path:
     """Write a colour-mapped PNG of a 2-D map, one PNG pixel per map pixel, with a scale bar.
 
+    The PNG writer of the exports, the Export widget and the napari writer
+    hook (one path).  It draws with :func:`render.write_normalised_png`, like
+    :func:`render.to_png` (the quick-look PNG of pipelines and benchmarks),
+    and differs from it only in its defaults and in what it accepts:
+
+    ============== =================================== ==========================
+    \               ``write_png``                       ``render.to_png``
+    ============== =================================== ==========================
+    scale bar      ``"auto"``: a round length when the  none unless
+                   pixel size is known                 ``scale_bar_mm`` is given
+    colormap       name, Colormap or colour array      name only
+    range          ``contrast_limits`` (as napari       automatic only
+                   shows it) or automatic
+    returns        the path written                    None
+    ============== =================================== ==========================
+
+    The automatic range (no ``contrast_limits``) is ``to_png``'s: the
+    ``vmax_percentile`` of the finite non-zero ``|values|`` is the top of the
+    colormap, then ``gamma``; maps with negative values span
+    ``(-vmax, vmax)`` (with a colormap name ``to_png`` draws them, keeping
+    the sign under ``gamma``).
+
     Parameters
     ----------
     image : array_like, shape (H, W)
@@ -418,9 +376,7 @@ def write_png(
         Display exponent after normalisation.
     contrast_limits : (float, float), optional
         ``(low, high)`` mapped to the ends of the colormap, as napari displays
-        a layer.  Without it :func:`render.to_png` normalises automatically:
-        the ``vmax_percentile`` of the non-zero values is the top (signed maps
-        symmetric around 0).
+        a layer.  Without it the range is automatic (see above).
     vmax_percentile : float
         See above.
     scale_bar_mm : float, "auto" or None
@@ -456,8 +412,12 @@ def write_png(
         return p
     colormap = _colormap(cmap)
     if contrast_limits is None:
+        # render.to_png's automatic range; to_png itself takes colormap names only.
         finite = img[np.isfinite(img)]
-        contrast_limits = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        vals = np.abs(finite[finite != 0])
+        vmax = float(np.percentile(vals, vmax_percentile)) if vals.size else 1.0
+        vmax = vmax if vmax > 0 else 1.0
+        contrast_limits = (-vmax, vmax) if finite.size and finite.min() < 0 else (0.0, vmax)
     lo, hi = (float(c) for c in contrast_limits)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise CycleULMError(f"contrast_limits must be finite, got {contrast_limits!r}.")
@@ -677,157 +637,6 @@ def _write_table(table, path, source, px, fr, physical, notes) -> dict:
     if isinstance(table, Tracks):
         entry["tracks"] = table.n_tracks
     return entry
-
-
-# --------------------------------------------------------------------------
-# napari layers (as plain data: the widget snapshots them on the UI thread)
-# --------------------------------------------------------------------------
-@dataclass
-class LayerExport:
-    """One layer to export, as plain data.
-
-    Attributes
-    ----------
-    name : str
-        Layer name (file stem via :func:`safe_filename`).
-    kind : {"image", "points", "tracks"}
-        Layer type.
-    data : numpy.ndarray or PointTable
-        Image data ``(H, W)`` / ``(T, H, W)``, or a Localisations / Tracks table.
-    pixel_size_um : float, optional
-        Size of one data pixel, micrometres (:func:`pixel_size_from_meta`).
-    frame_rate_hz : float, optional
-        For physical CSV columns.
-    cmap : str, Colormap or (N, 4) array
-        Display colormap (images).
-    contrast_limits : (float, float), optional
-        Display range (images); None: automatic.
-    gamma : float
-        Display gamma (images).
-    """
-
-    name: str
-    kind: str
-    data: object
-    pixel_size_um: float | None = None
-    frame_rate_hz: float | None = None
-    cmap: object = "gray"
-    contrast_limits: tuple[float, float] | None = None
-    gamma: float = 1.0
-
-
-def iter_export_layers(
-    items: Sequence[LayerExport],
-    out_dir: str | os.PathLike,
-    *,
-    formats: Sequence[str] = FORMATS,
-    png_contrast: str = "display",
-    scale_bar_mm: float | str | None = "auto",
-    physical: bool = False,
-) -> Generator[Progress, None, ExportReport]:
-    """Export layers one by one (a progress generator; see :func:`export_layers`).
-
-    Images become ``<name>.tif`` (float32, calibrated; stacks stay stacks)
-    and ``<name>.png`` (a stack's PNG is its maximum-intensity projection,
-    ``<name> MIP.png``); Points and Tracks become ``<name>.csv``.  Formats
-    that do not apply to a layer are skipped.
-
-    Parameters
-    ----------
-    items : sequence of LayerExport
-        What to export.
-    out_dir : str or PathLike
-        Output folder (created).
-    formats : sequence of {"tif", "png", "csv"}
-        Formats to write.
-    png_contrast : {"display", "auto"}
-        ``"display"``: the layer's colormap, contrast limits and gamma (what
-        napari shows); ``"auto"``: :func:`render.to_png`'s percentile range
-        and the map-type gamma of :func:`map_style`, with the layer's colormap.
-    scale_bar_mm : float, "auto" or None
-        PNG scale bar (see :func:`write_png`).
-    physical : bool
-        Add physical-unit columns to CSVs.
-    """
-    fmts = _check_formats(formats)
-    if png_contrast not in ("display", "auto"):
-        raise CycleULMError(f"png_contrast must be 'display' or 'auto', got {png_contrast!r}.")
-    if not items:
-        raise CycleULMError("nothing to export: choose at least one layer.")
-    report = ExportReport(Path(out_dir))
-    stems: dict[str, str] = {}
-    for it in items:
-        stem = safe_filename(it.name)
-        if stem in stems:
-            raise CycleULMError(
-                f"layers {stems[stem]!r} and {it.name!r} give the same file name {stem!r}; rename one."
-            )
-        stems[stem] = it.name
-    total = len(items)
-    yield Progress(0, total, "export")
-    for i, it in enumerate(items):
-        stem = safe_filename(it.name)
-        if it.kind == "image":
-            _export_image(it, stem, fmts, png_contrast, scale_bar_mm, report)
-        elif it.kind in ("points", "tracks"):
-            if "csv" in fmts:
-                report.files.append(_write_table(it.data, report.out_dir / f"{stem}.csv", it.name,
-                                                 it.pixel_size_um, it.frame_rate_hz, physical,
-                                                 report.notes))
-        else:
-            raise CycleULMError(f"layer {it.name!r} is a {it.kind}; export takes image, points and tracks.")
-        yield Progress(i + 1, total, "export")
-    if not report.files:
-        raise CycleULMError(
-            "no file was written: the chosen formats do not apply to the chosen layers "
-            "(TIFF / PNG for images, CSV for points and tracks)."
-        )
-    report.write_manifest()
-    return report
-
-
-def _export_image(it: LayerExport, stem, fmts, png_contrast, scale_bar_mm, report) -> None:
-    arr = np.asarray(it.data)
-    if arr.ndim == 3 and arr.shape[0] == 1:
-        arr = arr[0]
-    if arr.ndim not in (2, 3):
-        raise CycleULMError(f"layer {it.name!r} has shape {arr.shape}; only 2-D maps and (T, H, W) stacks export.")
-    px = it.pixel_size_um
-    info = {"layer": it.name}
-    if "tif" in fmts:
-        path = write_map_tiff(report.out_dir / f"{stem}.tif", arr, px, info=info)
-        report.files.append({"path": str(path), "source": it.name, "format": "tif", "pixel_size_um": px})
-    if "png" in fmts:
-        img, suffix = (arr, "") if arr.ndim == 2 else (_mip(arr), " MIP")
-        path = report.out_dir / (f"{stem}.png" if arr.ndim == 2 else f"{stem}_MIP.png")
-        if px is None:  # a layer without pixel size still exports, without a bar
-            bar = None
-            if scale_bar_mm not in (None, 0):
-                report.notes.append(f"{it.name}: no pixel size known, PNG written without a scale bar.")
-        else:
-            bar, _ = _scale_bar_length_px(scale_bar_mm, px, img.shape[-1])
-        if png_contrast == "display":
-            write_png(img, path, cmap=it.cmap, gamma=it.gamma, contrast_limits=it.contrast_limits,
-                      scale_bar_mm=bar, pixel_size_um=px)
-            g = it.gamma
-        else:
-            _, g, pct = map_style(it.name)
-            if isinstance(it.cmap, str):
-                write_png(img, path, cmap=it.cmap, gamma=g, vmax_percentile=pct, scale_bar_mm=bar,
-                          pixel_size_um=px)
-            else:  # a napari-only colormap: same automatic range, own drawing
-                vals = np.abs(img[np.isfinite(img)])
-                vals = vals[vals > 0]
-                vmax = float(np.percentile(vals, pct)) if vals.size else 1.0
-                write_png(img, path, cmap=it.cmap, gamma=g, contrast_limits=(0.0, vmax or 1.0),
-                          scale_bar_mm=bar, pixel_size_um=px)
-        report.files.append({"path": str(path), "source": it.name + suffix, "format": "png",
-                             "pixel_size_um": px, "scale_bar_mm": bar, "gamma": g})
-
-
-def export_layers(items: Sequence[LayerExport], out_dir: str | os.PathLike, **kwargs) -> ExportReport:
-    """Export layers at once (see :func:`iter_export_layers` for the parameters)."""
-    return drive(iter_export_layers(items, out_dir, **kwargs))
 
 
 # --------------------------------------------------------------------------

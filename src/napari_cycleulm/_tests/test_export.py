@@ -11,15 +11,13 @@ import pytest
 from napari_cycleulm._writer import write_image
 from napari_cycleulm.cli import main
 from napari_cycleulm.errors import CycleULMError
+from napari_cycleulm._widgets._layer_export import LayerExport, export_layers, pixel_size_from_meta
 from napari_cycleulm.export import (
-    LayerExport,
-    export_layers,
     export_maps,
     export_run,
     export_tables,
     map_style,
     nice_scale_bar_mm,
-    pixel_size_from_meta,
     read_map_tiff,
     safe_filename,
     with_physical_units,
@@ -169,6 +167,31 @@ def test_tables_to_csv_with_physical_units(tmp_path):
     locs = read_table(tmp_path / "locs.csv")
     assert locs.names == ["frame", "y", "x", "y_um", "x_um", "t_s"]
     assert with_physical_units(t) is t
+
+
+def test_write_png_automatic_range_is_to_pngs_whatever_the_colormap_form(tmp_path):
+    """One automatic rule: colours given as an array draw like the same colormap given by name."""
+    import matplotlib
+
+    from napari_cycleulm.render import to_png
+
+    img = np.nan_to_num(_map()) * 3.0
+    colours = matplotlib.colormaps["magma"](np.linspace(0.0, 1.0, 256))
+    by_name = mpimg.imread(write_png(img, tmp_path / "name.png", cmap="magma", gamma=0.7, scale_bar_mm=None))
+    by_array = mpimg.imread(write_png(img, tmp_path / "array.png", cmap=colours, gamma=0.7, scale_bar_mm=None))
+    np.testing.assert_allclose(by_array, by_name, atol=1.5 / 255)
+    to_png(img, tmp_path / "render.png", cmap="magma", gamma=0.7)  # scale_bar_mm=None by default there
+    np.testing.assert_array_equal(mpimg.imread(tmp_path / "render.png"), by_name)
+
+
+def test_the_core_knows_no_napari_layers():
+    """Layer-state parsing and layer snapshots live on the napari side (_widgets/_layer_export.py)."""
+    import napari_cycleulm.export as export
+
+    for name in ("LayerExport", "export_layers", "iter_export_layers", "pixel_size_from_meta",
+                 "frame_rate_from_meta", "_meta_value"):
+        assert not hasattr(export, name), name
+        assert name not in export.__all__
 
 
 def test_export_layers_images_points_and_a_stack(tmp_path):

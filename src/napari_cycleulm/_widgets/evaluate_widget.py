@@ -46,7 +46,6 @@ from ..evaluate import (
     sweep_localisations,
     write_rows_csv,
 )
-from ..export import pixel_size_from_meta
 from ..progress import Progress
 from ..roi import AREA_SHAPE_TYPES, rois_to_mask
 from ..tables import Localisations
@@ -59,6 +58,7 @@ from ._layers import (
     result_name,
     to_layer_coords,
 )
+from ._layer_export import pixel_size_from_meta
 from ._plot import PlotPanel
 from .translate_widget import MB_ONLY_KEY
 

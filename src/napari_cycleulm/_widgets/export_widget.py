@@ -12,9 +12,10 @@ from napari.layers import Image, Points, Tracks as TracksLayer
 from napari.utils.notifications import show_warning
 
 from ..errors import CycleULMError
-from ..export import ExportReport, LayerExport, frame_rate_from_meta, iter_export_layers, pixel_size_from_meta
+from ..export import ExportReport
 from ..tables import Localisations
 from ._base import StageWidget
+from ._layer_export import LayerExport, frame_rate_from_meta, iter_export_layers, pixel_size_from_meta
 from ._layers import GENERATED_KEY, localisations_from_points, tracks_from_layer
 
 EXPORTABLE = (Image, Points, TracksLayer)
@@ -35,7 +36,7 @@ def _colours(layer: Image):
 
 
 def layer_export(layer) -> LayerExport:
-    """Snapshot a layer (on the UI thread) as plain data for :func:`export.iter_export_layers`."""
+    """Snapshot a layer (on the UI thread) as plain data for :func:`._layer_export.iter_export_layers`."""
     if isinstance(layer, Image):
         if layer.rgb or layer.multiscale:
             raise CycleULMError(
