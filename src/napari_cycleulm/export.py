@@ -347,16 +347,12 @@ def write_png(
     :func:`render.to_png` (the quick-look PNG of pipelines and benchmarks),
     and differs from it only in its defaults and in what it accepts:
 
-    ============== =================================== ==========================
-    \               ``write_png``                       ``render.to_png``
-    ============== =================================== ==========================
-    scale bar      ``"auto"``: a round length when the  none unless
-                   pixel size is known                 ``scale_bar_mm`` is given
-    colormap       name, Colormap or colour array      name only
-    range          ``contrast_limits`` (as napari       automatic only
-                   shows it) or automatic
-    returns        the path written                    None
-    ============== =================================== ==========================
+    * scale bar: ``"auto"`` (a round length when the pixel size is known)
+      here; none unless ``scale_bar_mm`` is given in ``to_png``;
+    * colormap: a name, a Colormap or a colour array here; a name there;
+    * range: ``contrast_limits`` (as napari shows the layer) or automatic
+      here; automatic only there;
+    * returns the path written (``to_png``: None).
 
     The automatic range (no ``contrast_limits``) is ``to_png``'s: the
     ``vmax_percentile`` of the finite non-zero ``|values|`` is the top of the
