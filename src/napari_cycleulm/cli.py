@@ -298,13 +298,56 @@ def cmd_run(args) -> int:
         raise CycleULMError(f"--max-distance must be a positive number of pixels, got {args.max_distance}.")
     if args.threshold is not None and not math.isfinite(args.threshold):
         raise CycleULMError(f"--threshold must be a finite number, got {args.threshold}.")
+    if args.dask_scheduler is not None and args.dask_workers is not None:
+        raise CycleULMError("give --dask-scheduler or --dask-workers, not both.")
+    if args.dask_workers is not None and args.dask_workers < 1:
+        raise CycleULMError(f"--dask-workers must be >= 1, got {args.dask_workers}.")
     px, fr = _resolve_units(args, path)
     stack = _read_input(args, path, lazy=True)
+    if args.frames is not None:
+        from .io import frame_range
+
+        stack = frame_range(stack, *_parse_frames(args.frames, len(stack)))
     check_sr_memory(stack.shape, args.upsampling)
     psf = "auto" if args.psf == "auto" else _load_psf_json(args.psf, stack.shape)
     track_params = {}
     if args.max_distance is not None:
         track_params["max_distance"] = args.max_distance
+    client = None
+    if args.dask_scheduler is not None or args.dask_workers is not None:
+        from .pipeline.distributed import make_client
+
+        client = make_client(args.dask_scheduler, args.dask_workers)
+        if not args.quiet:
+            n = len(client.scheduler_info().get("workers", {}))
+            print(f"dask: {n} worker(s) at {client.scheduler.address}", file=sys.stderr)
+    try:
+        return _run_and_report(args, stack, psf, track_params, px, fr, client)
+    finally:
+        if client is not None:
+            from .pipeline.distributed import close_client
+
+            close_client(client)
+
+
+def _parse_frames(text: str, n_frames: int) -> tuple[int, int]:
+    """``--frames N`` or ``START:STOP`` as a checked ``(start, stop)`` within ``n_frames``."""
+    try:
+        parts = [int(v) for v in text.split(":")] if ":" in text else [0, int(text)]
+    except ValueError:
+        parts = []
+    if len(parts) != 2 or not (0 <= parts[0] < parts[1]):
+        raise CycleULMError(f"--frames must be N or START:STOP with 0 <= START < STOP, got {text!r}.")
+    if parts[0] >= n_frames:
+        raise CycleULMError(f"--frames {text} starts after the last frame: the input has {n_frames} frames.")
+    return parts[0], min(parts[1], n_frames)
+
+
+def _run_and_report(args, stack, psf, track_params, px, fr, client) -> int:
+    from .pipeline import iter_pipeline
+    from .preprocess import parse_clutter_filter
+    from .progress import drive_with_bar
+
     t0 = time.perf_counter()
     result = drive_with_bar(
         iter_pipeline(
@@ -325,6 +368,7 @@ def cmd_run(args) -> int:
             mbdt=args.mbdt,
             mblnet=args.mblnet,
             mbtnet=args.mbtnet,
+            client=client,
         ),
         desc=args.pipeline,
         disable=args.quiet,
@@ -692,7 +736,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--target-count", type=int, default=None, help="keep exactly N best localisations")
     sp.add_argument("--max-distance", type=float, default=None, help="tracking gate, pixels per frame")
     sp.add_argument("--upsampling", type=int, default=4)
+    sp.add_argument("--frames", default=None, metavar="N|START:STOP",
+                    help="process only the first N frames, or frames START to STOP-1 (default: all)")
     sp.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    sp.add_argument("--dask-scheduler", default=None, metavar="tcp://HOST:8786",
+                    help="spread the blocks over the workers of a running dask scheduler "
+                         "(the input must be readable at the same path on every worker; docs/guide/cluster.md)")
+    sp.add_argument("--dask-workers", type=int, default=None, metavar="N",
+                    help="spread the blocks over N worker processes of a local dask cluster")
     sp.add_argument("--quiet", action="store_true")
     for kind, name in (("mbdt", "MB-DT"), ("mblnet", "MBL-Net"), ("mbtnet", "MBT-Net")):
         sp.add_argument(f"--{kind}", default="default", metavar="MODEL.pt",

@@ -54,7 +54,7 @@ from .models import resolve_network
 from .nets.mbtnet import UPSCALE
 from .render import SRMaps, _check_shape, _positive
 
-__all__ = ["E2EAccumulator", "render_e2e"]
+__all__ = ["E2EAccumulator", "render_e2e", "window_starts"]
 
 _SUMS = ("w", "speed", "axial", "uy", "ux", "vy", "vx")
 
@@ -77,6 +77,26 @@ BATCH_PIXELS = 4 * 160 * 160
 def default_batch_size(shape: tuple[int, int]) -> int:
     """Windows per MBT-Net call for ``(H, W)`` frames: 4, fewer on large frames (at least 1)."""
     return int(max(1, min(4, BATCH_PIXELS // (int(shape[0]) * int(shape[1])))))
+
+
+def window_starts(n_frames: int, window: int, stride: int | None = None, pad_last: bool = True) -> list[int]:
+    """First frames of the MBT-Net windows of an acquisition of ``n_frames``.
+
+    The windows :class:`E2EAccumulator` processes, whatever the blocks the
+    frames arrive in: one every ``stride`` frames (default ``window``) while
+    it fits, then, with ``pad_last``, one last window (zero-padded at the
+    end) when some frames were seen by no full window.  Cutting the
+    acquisition into blocks assigns each window to the block holding its
+    first frame (:meth:`E2EAccumulator.add_windows`).
+    """
+    n, L = int(n_frames), int(window)
+    step = L if stride is None else int(stride)
+    starts = list(range(0, n - L + 1, step)) if n >= L else []
+    covered = starts[-1] + L if starts else 0
+    nxt = starts[-1] + step if starts else 0
+    if pad_last and nxt < n and covered < n:
+        starts.append(nxt)
+    return starts
 
 
 class E2EAccumulator:
@@ -208,6 +228,99 @@ class E2EAccumulator:
         self._buf = np.concatenate([self._buf, arr]) if len(self._buf) else arr
         self.n_frames += len(arr)
         return self._consume(final=False)
+
+    def add_windows(
+        self,
+        windows,
+        model=None,
+        *,
+        batch_size: int | None = None,
+        device: str | torch.device | None = None,
+    ) -> int:
+        """Run MBT-Net on given windows and accumulate them (no buffering).
+
+        For block-parallel runs: a block's windows (those whose first frame
+        lies in the block, see :func:`window_starts`) are accumulated into a
+        fresh accumulator, and the blocks' accumulators are merged
+        (:meth:`merge`).
+
+        Parameters
+        ----------
+        windows : (N, L, H, W) array_like
+            MB-only windows of the model's length ``L``, a short last window
+            already zero-padded.
+        model, batch_size, device
+            As in :meth:`add`.
+
+        Returns
+        -------
+        int
+            Number of windows accumulated.
+        """
+        if self._finished:
+            raise CycleULMError("result() was already called; start a new E2EAccumulator.")
+        arr = np.asarray(windows, dtype=np.float32)
+        if arr.ndim != 4 or arr.shape[2:] != self.shape:
+            raise CycleULMError(
+                f"windows must be (N, L, {self.shape[0]}, {self.shape[1]}), got shape {arr.shape}."
+            )
+        if batch_size is None:
+            batch_size = default_batch_size(self.shape)
+        if int(batch_size) != batch_size or batch_size < 1:
+            raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+        self._bind(model, device)
+        if arr.shape[1] != self.window:
+            raise CycleULMError(f"windows of {arr.shape[1]} frames; the MBT-Net reads {self.window}.")
+        for i in range(0, len(arr), int(batch_size)):
+            self._process(arr[i : i + int(batch_size)])
+        self.n_windows += len(arr)
+        return len(arr)
+
+    def merge(self, other: "E2EAccumulator") -> "E2EAccumulator":
+        """Add another accumulator's windows to this one (in place); returns self.
+
+        ``a.merge(b)`` equals one accumulator given the windows of both.  Both
+        must have no frames waiting for a window (use :meth:`add_windows`, or
+        :meth:`finish` after :meth:`add`).
+
+        Raises
+        ------
+        CycleULMError
+            Different grids, thresholds or window lengths, or buffered frames.
+        """
+        if not isinstance(other, E2EAccumulator):
+            raise CycleULMError(f"can only merge another E2EAccumulator, got {type(other).__name__}.")
+        mine = (self.shape, self.upsampling, self.prob_threshold)
+        theirs = (other.shape, other.upsampling, other.prob_threshold)
+        if mine != theirs:
+            raise CycleULMError(
+                f"cannot merge E2E accumulators with different (shape, upsampling, threshold): {mine} and {theirs}."
+            )
+        if None not in (self.window, other.window) and self.window != other.window:
+            raise CycleULMError(f"cannot merge windows of {self.window} and {other.window} frames.")
+        for acc in (self, other):
+            if len(acc._buf) and not acc._finished:
+                raise CycleULMError(
+                    "an accumulator still holds frames waiting for a window; call finish() before merge()."
+                )
+        if other._sums is not None:
+            if self._sums is None:
+                self._sums = {k: v.detach().clone() for k, v in other._sums.items()}
+            else:
+                dev = self._sums["w"].device
+                for k in _SUMS:
+                    self._sums[k] += other._sums[k].to(dev)
+        self.window = self.window if self.window is not None else other.window
+        self.n_windows += other.n_windows
+        self.n_frames += other.n_frames
+        return self
+
+    def to_cpu(self) -> "E2EAccumulator":
+        """Drop the network and move the sums to the CPU (to send to another process); returns self."""
+        self._net = self._dev = None
+        if self._sums is not None:
+            self._sums = {k: v.cpu() for k, v in self._sums.items()}
+        return self
 
     def _consume(self, final: bool) -> int:
         L = self.window

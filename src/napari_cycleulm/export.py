@@ -36,7 +36,7 @@ from ._outputs import check_writable_folder
 from ._json import jsonable
 from .errors import CycleULMError
 from .evaluate import mip as _mip  # the one MIP (NaN ignored); `mip` is an export_run flag
-from .render import SRMaps, to_png, write_normalised_png
+from .render import SRMaps, colormap_from, to_png, write_normalised_png
 from .tables import PointTable, Tracks
 
 __all__ = [
@@ -284,26 +284,6 @@ def read_map_tiff(path: str | os.PathLike) -> MapFile:
 # --------------------------------------------------------------------------
 # PNG
 # --------------------------------------------------------------------------
-def _colormap(cmap):
-    """A matplotlib Colormap from a name, a Colormap, or an (N, 3|4) array of RGB(A) in [0, 1]."""
-    import matplotlib
-    from matplotlib.colors import Colormap, ListedColormap
-
-    if isinstance(cmap, Colormap):
-        return cmap.copy()
-    if isinstance(cmap, str):
-        try:
-            return matplotlib.colormaps[cmap].copy()
-        except KeyError:
-            raise CycleULMError(
-                f"unknown colormap {cmap!r}; use a matplotlib name such as 'hot' or 'turbo'."
-            ) from None
-    colors = np.asarray(cmap, dtype=float)
-    if colors.ndim != 2 or colors.shape[1] not in (3, 4) or len(colors) < 2:
-        raise CycleULMError("a colormap given as colours must be an (N, 3) or (N, 4) array, N >= 2.")
-    return ListedColormap(np.clip(colors, 0, 1))
-
-
 def _scale_bar_length_px(scale_bar_mm, pixel_size_um, width) -> tuple[float | None, float | None]:
     """Resolve ``"auto"`` / number / None into (bar mm, pixel size) or (None, None)."""
     if scale_bar_mm is None or scale_bar_mm == 0:
@@ -406,7 +386,7 @@ def write_png(
         to_png(img, p, cmap=cmap, gamma=gamma, vmax_percentile=vmax_percentile,
                scale_bar_mm=bar_mm, pixel_size_um=bar_px)
         return p
-    colormap = _colormap(cmap)
+    colormap = colormap_from(cmap)
     if contrast_limits is None:
         # render.to_png's automatic range; to_png itself takes colormap names only.
         finite = img[np.isfinite(img)]
@@ -777,7 +757,7 @@ def export_run(
     if gamma is not None:
         _positive_or_none("gamma", gamma)
     if colormap is not None:
-        _colormap(colormap)
+        colormap_from(colormap)
     files = _collect(sources)
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -33,6 +33,7 @@ Supported extensions: ``.tif .tiff .npy .mat .h5 .hdf5 .zarr`` for stacks and
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import uuid
@@ -48,6 +49,7 @@ from .errors import CycleULMError
 from .tables import Localisations, Tracks
 
 __all__ = [
+    "frame_range",
     "STACK_EXTENSIONS",
     "TABLE_EXTENSIONS",
     "LazyStack",
@@ -127,6 +129,8 @@ class LazyStack:
         self.source = source
         self.chunk_frames = None if chunk_frames is None else max(1, int(chunk_frames))
         self._warned_complex = False
+        #: ``reopen()`` opens the same stack again (set by :func:`read_stack`; None: cannot).
+        self.reopen: Callable[[], LazyStack] | None = None
 
     # array-like protocol ----------------------------------------------------
     @property
@@ -248,6 +252,36 @@ def _reporting_reader(read: Callable[[int, int], np.ndarray], source: str):
             ) from None
 
     return checked
+
+
+def frame_range(stack, start: int, stop: int):
+    """Frames ``start:stop`` of a stack, without reading them.
+
+    A :class:`LazyStack` gives a LazyStack over the same file (which another
+    process can re-open, like the original); arrays give their slice (a view,
+    or a lazy slice of a dask / zarr array).
+
+    Raises
+    ------
+    CycleULMError
+        If the range is empty or outside the stack.
+    """
+    n = len(stack)
+    start, stop = int(start), int(stop)
+    if not (0 <= start < stop <= n):
+        raise CycleULMError(f"frames {start}:{stop} are not inside a stack of {n} frames.")
+    if not isinstance(stack, LazyStack):
+        return stack[start:stop]
+    out = LazyStack((stop - start, *stack.shape[1:]), stack.dtype,
+                    lambda a, b: stack[start + a:start + b], source=stack.source,
+                    chunk_frames=stack.chunk_frames)
+    if stack.reopen is not None:
+        out.reopen = functools.partial(_reopen_range, stack.reopen, start, stop)
+    return out
+
+
+def _reopen_range(reopen: Callable[[], LazyStack], start: int, stop: int) -> LazyStack:
+    return frame_range(reopen(), start, stop)
 
 
 def _in_memory(arr: np.ndarray, source: str = "") -> LazyStack:
@@ -810,6 +844,10 @@ def read_stack(
             f"{str(p)!r} holds no frames (shape {tuple(out.shape)}); expected a "
             "(frames, height, width) stack with at least one frame."
         )
+    if isinstance(out, LazyStack):
+        # How another process (a dask worker) opens the same stack: by absolute path.
+        out.reopen = functools.partial(read_stack, str(p.resolve()), variable=variable, lazy=True,
+                                       keep_phase=keep_phase)
     return out
 
 

@@ -230,6 +230,30 @@ class SRRenderer:
         self.n_localisations = 0
 
     # -- accumulation ---------------------------------------------------------
+    def merge(self, other: "SRRenderer") -> "SRRenderer":
+        """Add another renderer's accumulated maps to this one (in place); returns self.
+
+        ``a.merge(b)`` equals one renderer given the inputs of both, so
+        blocks rendered anywhere (another process, a dask worker) combine.
+
+        Raises
+        ------
+        CycleULMError
+            If the two renderers have different grids.
+        """
+        if not isinstance(other, SRRenderer):
+            raise CycleULMError(f"can only merge another SRRenderer, got {type(other).__name__}.")
+        if (other.shape, other.upsampling, other.step) != (self.shape, self.upsampling, self.step):
+            raise CycleULMError(
+                f"cannot merge SR renderers of different grids: {self.shape} x{self.upsampling} "
+                f"(step {self.step}) and {other.shape} x{other.upsampling} (step {other.step})."
+            )
+        for name in ("_density", "_count", "_nvel", "_speed", "_axial", "_uy", "_ux"):
+            getattr(self, name)[...] += getattr(other, name)
+        self.n_tracks += other.n_tracks
+        self.n_localisations += other.n_localisations
+        return self
+
     def _pixel_index(self, ys, xs):
         """Flat SR pixel index (or -1 outside) of SR coordinates."""
         iy = np.floor(ys + 0.5)
@@ -480,7 +504,30 @@ class PowerDopplerAccumulator:
             self._sum += power
         self.n_frames += arr.shape[0]
 
+    def merge(self, other: "PowerDopplerAccumulator") -> "PowerDopplerAccumulator":
+        """Add another accumulator's frames to this one (in place); returns self.
+
+        ``a.merge(b)`` equals one accumulator given the frames of both.
+        """
+        if not isinstance(other, PowerDopplerAccumulator):
+            raise CycleULMError(
+                f"can only merge another PowerDopplerAccumulator, got {type(other).__name__}."
+            )
+        if other._sum is None:
+            return self
+        if self._sum is None:
+            self._sum = other._sum.copy()
+        elif self._sum.shape != other._sum.shape:
+            raise CycleULMError(
+                f"cannot merge power Doppler images of {self._sum.shape} and {other._sum.shape} pixels."
+            )
+        else:
+            self._sum += other._sum
+        self.n_frames += other.n_frames
+        return self
+
     def result(self) -> np.ndarray:
+        """Mean of ``|frames|**2`` over every frame added, float32 ``(H, W)``."""
         if self._sum is None:
             raise CycleULMError("no frames were added to the power Doppler accumulator.")
         return (self._sum / self.n_frames).astype(np.float32)
@@ -499,10 +546,33 @@ def power_doppler(frames) -> np.ndarray:
     return acc.result()
 
 
+def colormap_from(cmap):
+    """A matplotlib Colormap from a name, a Colormap, or an (N, 3|4) array of RGB(A) in [0, 1].
+
+    The one place names and colour lists become colormaps (PNG previews and exports).
+    """
+    import matplotlib
+    from matplotlib.colors import Colormap, ListedColormap
+
+    if isinstance(cmap, Colormap):
+        return cmap.copy()
+    if isinstance(cmap, str):
+        try:
+            return matplotlib.colormaps[cmap].copy()
+        except KeyError:
+            raise CycleULMError(
+                f"unknown colormap {cmap!r}; use a matplotlib name such as 'hot' or 'turbo'."
+            ) from None
+    colors = np.asarray(cmap, dtype=float)
+    if colors.ndim != 2 or colors.shape[1] not in (3, 4) or len(colors) < 2:
+        raise CycleULMError("a colormap given as colours must be an (N, 3) or (N, 4) array, N >= 2.")
+    return ListedColormap(np.clip(colors, 0, 1))
+
+
 def to_png(
     image,
     path: str | os.PathLike,
-    cmap: str = "hot",
+    cmap="hot",
     gamma: float = 0.5,
     vmax_percentile: float = 99.5,
     scale_bar_mm: float | None = None,
@@ -516,8 +586,8 @@ def to_png(
         2-D map; NaN pixels are drawn black (the colormap's "bad" colour).
     path : str or PathLike
         Destination ``.png``; written atomically.
-    cmap : str
-        Matplotlib colormap name (default ``"hot"``).
+    cmap : str, matplotlib Colormap or (N, 3|4) array
+        A matplotlib colormap name (default ``"hot"``), a Colormap, or colours from low to high.
     gamma : float
         Display exponent applied after normalisation (default 0.5, which
         compresses the range of density maps; use 1 for velocity maps).
@@ -537,20 +607,13 @@ def to_png(
         On a non-2-D image, an unknown colormap, bad numbers, or a scale bar
         without pixel size.
     """
-    import matplotlib
-
     img = np.asarray(image, dtype=np.float64)
     if img.ndim != 2 or img.size == 0:
         raise CycleULMError(f"to_png needs a non-empty 2-D image, got shape {img.shape}.")
     _positive("gamma", gamma)
     if not (0 < vmax_percentile <= 100):
         raise CycleULMError(f"vmax_percentile must be in (0, 100], got {vmax_percentile!r}.")
-    try:
-        colormap = matplotlib.colormaps[cmap].copy()
-    except KeyError:
-        raise CycleULMError(
-            f"unknown colormap {cmap!r}; use a matplotlib name such as 'hot'."
-        ) from None
+    colormap = colormap_from(cmap)
     if scale_bar_mm is not None:
         _positive("scale_bar_mm", scale_bar_mm)
         if pixel_size_um is None:

@@ -1,4 +1,4 @@
-"""The stage registry: each localiser declared once, with its defaults, units and needs.
+"""The stage registry: each denoiser and localiser declared once, with its defaults, units and needs.
 
 The pipelines (:mod:`napari_cycleulm.pipeline`), the command line and every
 napari widget read their choices and default thresholds here, so a widget
@@ -132,6 +132,91 @@ LOCALISERS: dict[str, Localiser] = {
         needs_psf=False, network="mblnet", uses_neighbours=True,
     ),
 }
+
+
+@dataclass(frozen=True)
+class Denoiser:
+    """What a pipeline does to a block before localisation, and what it needs.
+
+    Attributes
+    ----------
+    name : str
+        Registry key (``PipelineSpec.denoise``).
+    function : callable
+        ``function(run, start, stop, block) -> frames``: ``block`` is frames
+        ``start:stop`` in normalised intensity units; ``run`` is the run's
+        plan (:class:`napari_cycleulm.pipeline.RunPlan`: ``psf``,
+        ``denoise_params``, ``networks``, ``stack``, ``scale``, ``n_frames``,
+        gate settings), from which a denoiser that needs neighbouring frames
+        reads them.
+    description : str
+        One line for menus and ``--help``.
+    mb_only : bool
+        The output is in the MB-only domain: localisers use their MB-only
+        threshold and the MB-only PSF (``psf.mbonly()``), and the evidence gate applies.
+    context_frames : int
+        Frames read on each side of a block.
+    network : str or None
+        Checkpoint kind it runs.
+    normalisation : str
+        The intensity convention its input must follow.
+    """
+
+    name: str
+    function: Callable[..., np.ndarray]
+    description: str
+    mb_only: bool = False
+    context_frames: int = 0
+    network: str | None = None
+    normalisation: str = "normalised intensity units (the run's intensity scale, see the module notes)"
+
+
+def _scaled_block(run, start, stop, block):
+    """Frames ``start:stop`` in normalised units: ``block`` when given, else read from the run's stack."""
+    return ulm_io.read_block(run.stack, start, stop) * run.scale if block is None else block
+
+
+def _bradley_roth(run, start, stop, block=None):
+    from .preprocess import adaptive_threshold
+
+    return adaptive_threshold(_scaled_block(run, start, stop, block), psf=run.psf, **run.denoise_params)
+
+
+def _no_denoising(run, start, stop, block=None):
+    return _scaled_block(run, start, stop, block)
+
+
+def _mbdt(run, start, stop, block=None):
+    """MB-DT's (gated) MB-only frames ``start:stop``, with their true CEUS neighbours."""
+    from .temporal import block_gate
+    from .translate import translate
+
+    n, scale, stack = run.n_frames, run.scale, run.stack
+    block = _scaled_block(run, start, stop, block)
+    before = ulm_io.read_block(stack, start - 1, start)[0] * scale if start > 0 else None
+    after = ulm_io.read_block(stack, stop, stop + 1)[0] * scale if stop < n else None
+    den = translate(block, run.networks["mbdt"], scale=1.0, before=before, after=after, **run.denoise_params)
+    gate = block_gate(stack, block, start, stop, scale=scale, psf=run.psf, mode=run.gate_mode, **run.gate_params)
+    return den if gate is None else den * gate
+
+
+#: The denoisers of the pipelines.
+DENOISERS: dict[str, Denoiser] = {
+    "threshold": Denoiser("threshold", _bradley_roth, "Bradley-Roth adaptive thresholding (the baselines)"),
+    "none": Denoiser("none", _no_denoising, "no denoising"),
+    "mbdt": Denoiser(
+        "mbdt", _mbdt, "MB-DT: CEUS frames to MB-only frames (3 frames in, 1 out), gated by CEUS evidence",
+        mb_only=True, context_frames=1, network="mbdt",
+    ),
+}
+
+
+def get_denoiser(name: str) -> Denoiser:
+    """The registry entry ``name``, with a clear error listing the choices."""
+    try:
+        return DENOISERS[name]
+    except KeyError:
+        raise CycleULMError(f"unknown denoiser {name!r}; choose one of {sorted(DENOISERS)}.") from None
 
 
 def register_localiser(localiser: Localiser) -> None:
@@ -291,9 +376,12 @@ def iter_localise(
 
 __all__ = [
     "CALIBRATION_FRAMES",
+    "DENOISERS",
+    "Denoiser",
     "LOCALISERS",
     "Localiser",
     "calibration_frames",
+    "get_denoiser",
     "get_localiser",
     "iter_localise",
     "localise_block",

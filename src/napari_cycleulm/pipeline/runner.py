@@ -1,215 +1,30 @@
-"""Named ULM pipelines that stream over blocks of frames.
-
-A pipeline is denoise -> localise -> track -> render.  The acquisition is
-read block by block (:func:`napari_cycleulm.io.iter_blocks`), so memory
-depends on ``block_size``, not on the number of frames: tracks are carried
-across block boundaries by the incremental :class:`~napari_cycleulm.track.Linker`,
-SR maps are accumulated by :class:`~napari_cycleulm.render.SRRenderer`, and
-with ``out_dir`` the localisation and track tables are streamed to CSV.
-
-Pipelines (the paper's names)
------------------------------
-``baseline1``
-    Bradley-Roth adaptive thresholding + NCC localisation + tracking.
-``baseline2``
-    Bradley-Roth adaptive thresholding + sparsity-based deconvolution + tracking.
-``cycleulm-ncc``
-    MB-DT translation to the MB-only domain + NCC (MB-only PSF) + tracking.
-``cycleulm-decon``
-    MB-DT + deconvolution (MB-only PSF) + tracking.
-``cycleulm-loc``
-    MB-DT + MBL-Net + tracking.
-``cycleulm-e2e``
-    MB-DT + MBT-Net: trajectory and velocity maps accumulated into SR maps
-    (:class:`~napari_cycleulm.e2e.E2EAccumulator`); no localisations or tracks.
-``cycleulm-tracks``
-    CycleULM-Loc's localisations linked into explicit tracks with the motion
-    prior of MBT-Net's velocity maps (the paper's proposed future work,
-    :mod:`napari_cycleulm.motion_prior`): MBT-Net runs on the same MB-only
-    frames, and after the last block the linker predicts each track's next
-    position from the prior velocity blended with its own.  Localisations
-    are kept until then (five numbers each).
-
-The CycleULM pipelines take their networks as ``mbdt=``, ``mblnet=``,
-``mbtnet=`` (None / ``"default"`` for the shipped weights, a checkpoint path
-or a loaded :class:`~napari_cycleulm.checkpoint.Checkpoint`).  MB-DT runs
-block by block with the neighbouring frame of the adjacent block as context,
-so results do not depend on ``block_size``.  NCC and deconvolution on MB-only
-frames use the MB-only PSF ``psf.mbonly()`` (the CEUS PSF shrunk by 0.5).
-
-Default thresholds of the CycleULM pipelines
---------------------------------------------
-Chosen with ``benchmarks/thresholds.py`` on the shipped MB-DT's output for four
-simulated settings (clutter -6 / -12 / -12 / -20 dB, 10 / 20 / 40 / 30
-bubbles per frame, CEUS PSF FWHM 200x300 / 150x250 / 250x350 / 300x400 um,
-seeds 31-34, none used for training or reports): each default is the
-threshold whose worst F1 loss (1 px tolerance) against each setting's own
-best threshold is smallest, so it is near-best on all four at once.
-
-Re-chosen for the current MB-DT and MBL-Net with the default evidence gate
-(``docs/results/thresholds.json``):
-
-* ``cycleulm-ncc`` 0.75 (NCC score): on the six settings of the gate
-  selection (seeds 31-36, ``--with-gate-settings``, candidates 0.1-0.9;
-  ``docs/results/thresholds_ncc_six_settings.json``) its worst F1 loss is
-  0.136 (0.1875: 0.164; 0.9: 0.28).  On seeds 31-34 alone the rule gave 0.1875
-  (worst loss 0.000), which lost at sparse, noisy data; the six settings are
-  those the gate was chosen on, so thresholds and gate share one selection set.
-* ``cycleulm-decon`` 0.1 (amplitude, MB-only units): worst loss 0.016 (the
-  minimax 0.079: 0.015); flat between 0.025 and 0.2.
-* ``cycleulm-loc`` 0.4 (3x3 summed MBL-Net probability): worst loss 0.004
-  (the minimax 0.504: 0.004).
-* ``cycleulm-e2e`` 0.4 (trajectory probability a pixel must reach to count;
-  smallest worst-case trajectory-F1 loss on synthetic sequences of three PSF
-  sizes, see :data:`napari_cycleulm.e2e.PROB_THRESHOLD`).
-
-Matched localisation counts
----------------------------
-The paper compares methods at the same total number of localisations.
-``target_count=N`` keeps the N highest-scoring localisations of the whole
-acquisition.  This needs every candidate's score before tracking, so the run
-has two phases: candidates are localised block by block (kept in memory: five
-numbers per candidate), the global score cut is chosen, then the kept
-candidates are tracked and rendered block by block.
-"""
+"""The streaming runner: plan a run, process its blocks, link and merge in frame order."""
 
 from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Callable, Generator, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from . import io as ulm_io
-from ._atomic import staged_dir, write_text_atomic
-from ._outputs import check_output_dir
-from .arrays import intensity_scale
-from .errors import CycleULMError
-from .e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
-from .progress import Progress, drive
-from .psf import PSF, PSFEstimate, check_psf_extent
-from .render import SRMaps, SRRenderer
-from .tables import Localisations, TableWriter, Tracks
-from .stages import CALIBRATION_FRAMES, LOCALISERS, calibration_frames, localise_block, run_scale  # noqa: F401 (CALIBRATION_FRAMES re-exported)
-from .track import Linker
-
-
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """What a named pipeline does at each stage."""
-
-    name: str
-    denoise: str  # "threshold" | "none" | "mbdt"
-    localise: str  # a key of stages.LOCALISERS, or "e2e"
-    description: str
-    #: Default threshold: NCC score, deconvolution amplitude in normalised
-    #: intensity units (the run's 99.9th percentile is 1; MB-only units after
-    #: MB-DT), MBL-Net summed probability, or MBT-Net trajectory probability.
-    #: Read from the localiser's registry entry (:mod:`napari_cycleulm.stages`).
-    threshold: float
-    #: Evidence MB-DT's output must have in the CEUS frames (:data:`napari_cycleulm.temporal.GATE_MODES`).
-    gate: str = "none"
-    #: Motion prior of the linker: "none" (constant-velocity Kalman) or
-    #: "mbtnet" (MBT-Net's mean velocity maps of the run, :mod:`napari_cycleulm.motion_prior`).
-    motion_prior: str = "none"
-
-    @property
-    def networks(self) -> tuple[str, ...]:
-        """Checkpoint kinds this pipeline needs."""
-        nets = ("mbdt",) if self.denoise == "mbdt" else ()
-        if self.localise == "e2e":
-            return nets + ("mbtnet",)
-        network = LOCALISERS[self.localise].network
-        nets = nets + ((network,) if network else ())
-        return nets + (("mbtnet",) if self.motion_prior == "mbtnet" else ())
-
-
-def _spec(name: str, denoise: str, localise: str, description: str, motion_prior: str = "none") -> PipelineSpec:
-    """A pipeline whose default threshold is its localiser's for its input domain.
-
-    MB-DT's output is gated by :data:`~napari_cycleulm.temporal.DEFAULT_GATE`.
-    """
-    from .temporal import DEFAULT_GATE
-
-    threshold = (E2E_PROB_THRESHOLD if localise == "e2e"
-                 else LOCALISERS[localise].default_threshold(mb_only=denoise == "mbdt"))
-    return PipelineSpec(name, denoise, localise, description, threshold,
-                        gate=DEFAULT_GATE if denoise == "mbdt" else "none", motion_prior=motion_prior)
-
-
-PIPELINES: dict[str, PipelineSpec] = {
-    spec.name: spec for spec in (
-        _spec("baseline1", "threshold", "ncc", "adaptive thresholding + NCC + tracking"),
-        _spec("baseline2", "threshold", "decon", "adaptive thresholding + deconvolution + tracking"),
-        _spec("cycleulm-ncc", "mbdt", "ncc", "MB-DT + NCC (MB-only PSF) + tracking"),
-        _spec("cycleulm-decon", "mbdt", "decon", "MB-DT + deconvolution (MB-only PSF) + tracking"),
-        _spec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking"),
-        _spec("cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)"),
-        _spec("cycleulm-tracks", "mbdt", "mblnet",
-              "MB-DT + MBL-Net, tracks linked with MBT-Net's velocity maps as motion prior",
-              motion_prior="mbtnet"),
-    )
-}
-
-#: Value of ``PipelineResult.outputs["localisations"]`` / ``["tracks"]`` for E2E runs.
-E2E_NO_TABLES = "not produced: cycleulm-e2e makes SR maps from MBT-Net, without localisations or tracks"
-
-
-@dataclass
-class PipelineResult:
-    """What a pipeline run produced.
-
-    Attributes
-    ----------
-    pipeline : str
-        Pipeline name.
-    localisations : Localisations or None
-        All localisations (pixels); ``None`` when streamed to disk only.
-    tracks : Tracks or None
-        Tracks of at least ``min_length`` frames; ``None`` when streamed to disk only.
-    maps : SRMaps
-        SR density, count and velocity maps on the upsampled grid.
-    power_doppler : numpy.ndarray
-        Mean squared intensity of the input frames, (H, W).
-    n_frames, n_localisations, n_tracks : int
-        Counts.
-    timings_s : dict
-        Seconds spent per stage.
-    params : dict
-        Every parameter used, for reproducibility.
-    outputs : dict
-        Paths written (when ``out_dir`` was given).
-    """
-
-    pipeline: str
-    localisations: Localisations | None
-    tracks: Tracks | None
-    maps: SRMaps
-    power_doppler: np.ndarray
-    n_frames: int
-    n_localisations: int
-    n_tracks: int
-    timings_s: dict[str, float] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, str] = field(default_factory=dict)
-
-    def summary(self) -> dict[str, Any]:
-        """Counts, timings and parameters as a JSON-serialisable dict."""
-        return {
-            "pipeline": self.pipeline,
-            "n_frames": self.n_frames,
-            "n_localisations": self.n_localisations,
-            "n_tracks": self.n_tracks,
-            "timings_s": {k: round(v, 4) for k, v in self.timings_s.items()},
-            "params": self.params,
-            "outputs": self.outputs,
-        }
+from .. import io as ulm_io
+from .._atomic import staged_dir, write_text_atomic
+from .._outputs import check_output_dir
+from ..errors import CycleULMError
+from ..e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
+from ..progress import Progress, drive
+from ..psf import PSF, PSFEstimate, check_psf_extent
+from ..render import PowerDopplerAccumulator, SRRenderer
+from ..stages import LOCALISERS, calibration_frames, get_denoiser, run_scale
+from ..tables import Localisations, TableWriter, Tracks
+from ..track import Linker
+from .blocks import BlockResult, RunPlan, WindowPlan, process_block
+from .specs import E2E_NO_TABLES, PIPELINES, PipelineResult, PipelineSpec
 
 
 def _check_psf(psf) -> PSF:
@@ -233,21 +48,16 @@ class _Timer:
         self.seconds[stage] = self.seconds.get(stage, 0.0) + time.perf_counter() - t0
 
 
-def _stage_denoise(block: np.ndarray, spec: PipelineSpec, psf: PSF, params: dict) -> np.ndarray:
-    from .preprocess import adaptive_threshold
-
-    if spec.denoise == "threshold":
-        return adaptive_threshold(block, psf=psf, **params)
-    if spec.denoise == "none":
-        return block
-    raise CycleULMError(f"unknown denoiser {spec.denoise!r}")
-
-
 def _load_networks(spec: PipelineSpec, sources: dict, device) -> dict:
     """Load the checkpoints a pipeline needs (clear errors for missing weights)."""
-    from .models import load_model
+    from ..models import load_model
 
     return {kind: load_model(kind, sources.get(kind), device) for kind in spec.networks}
+
+
+def _sendable_array(stack) -> bool:
+    """An input another process can receive as it is: a NumPy, zarr or dask array."""
+    return isinstance(stack, np.ndarray) or type(stack).__module__.split(".")[0] in ("zarr", "dask")
 
 
 def _describe_checkpoint(ckpt) -> dict:
@@ -286,6 +96,7 @@ def iter_pipeline(
     gate: str | None = None,
     gate_params: dict | None = None,
     clutter_filter=None,
+    client=None,
 ) -> Generator[Progress, None, PipelineResult]:
     """Run a named pipeline, yielding progress; the generator returns a :class:`PipelineResult`.
 
@@ -355,14 +166,18 @@ def iter_pipeline(
         (which also sets the SVD block length); default
         :data:`~napari_cycleulm.preprocess.DEFAULT_CLUTTER_FILTER`.  Complex
         IQ input is filtered and its envelope taken.
+    client : distributed.Client, optional
+        Spread the blocks over a dask cluster
+        (:mod:`napari_cycleulm.pipeline.distributed`): each worker denoises
+        and localises whole blocks, reading the input file itself; tracks are
+        linked here in frame order and the maps merged, so the result is the
+        one of a run in this process.
 
     Raises
     ------
     CycleULMError
         Bad arguments, missing default weights, unreadable or wrong checkpoints.
     """
-    import warnings
-
     if isinstance(pipeline, PipelineSpec):
         spec, pipeline = pipeline, pipeline.name
     elif pipeline in PIPELINES:
@@ -389,9 +204,10 @@ def iter_pipeline(
         raise CycleULMError(
             f"the input must be a (frames, height, width) stack with at least one frame, got shape {shape}."
         )
-    from .preprocess import DEFAULT_CLUTTER_FILTER, clutter_filtered, parse_clutter_filter
+    from ..preprocess import DEFAULT_CLUTTER_FILTER, clutter_filtered, parse_clutter_filter
 
     clutter = parse_clutter_filter(DEFAULT_CLUTTER_FILTER if clutter_filter is None else clutter_filter)
+    raw_input = stack
     source = getattr(stack, "source", None)
     stack = clutter_filtered(stack, clutter, device=device)
     keep_tables = out_dir is None if keep_tables is None else keep_tables
@@ -405,7 +221,7 @@ def iter_pipeline(
     if device is not None:
         denoise_params.setdefault("device", device)
         localise_params.setdefault("device", device)
-    localise_params["threshold"] = spec.threshold if threshold is None else threshold
+    threshold = spec.threshold if threshold is None else threshold
     timer = _Timer()
 
     # Networks first: a missing or broken checkpoint is reported before any work.
@@ -416,11 +232,10 @@ def iter_pipeline(
 
     # The first frames calibrate the run: automatic PSF and intensity scale.
     calibration = calibration_frames(stack)
-
     if isinstance(psf, str):
         if psf != "auto":
             raise CycleULMError(f"psf must be a PSF object or 'auto', got {psf!r}.")
-        from .psf import estimate_psf_auto
+        from ..psf import estimate_psf_auto
 
         yield Progress(0, n_frames, "psf")
         t0 = time.perf_counter()
@@ -441,10 +256,10 @@ def iter_pipeline(
     if not (psf is None and spec.localise in ("mblnet", "e2e")):
         psf = _check_psf(psf)
         check_psf_extent(psf, shape[1:])
-    mb_psf = psf.mbonly() if (psf is not None and spec.denoise == "mbdt") else None
-    loc_psf = mb_psf if spec.denoise == "mbdt" else psf
+    mb_only = get_denoiser(spec.denoise).mb_only
+    mb_psf = psf.mbonly() if (psf is not None and mb_only) else None
     if mb_psf is not None:
-        from .models import check_psf_in_range
+        from ..models import check_psf_in_range
 
         for ckpt in nets.values():
             msg = check_psf_in_range(mb_psf, ckpt)
@@ -452,8 +267,51 @@ def iter_pipeline(
                 warnings.warn(msg, UserWarning, stacklevel=2)
     # One intensity scale for the whole run, from the first frames (whatever
     # the block size), so that absolute thresholds mean the same in every block.
+    from ..arrays import intensity_scale
+
     scale = intensity_scale(calibration) if scale is None else run_scale(stack, scale)
     del calibration
+
+    from ..temporal import gate_kwargs
+
+    gate_mode = "none" if not mb_only else (spec.gate if gate is None else gate)
+    gate_params = dict(gate_params or {})
+    e2e_plan = prior_plan = None
+    if e2e:
+        from ..e2e import E2EAccumulator
+
+        window = int(nets["mbtnet"].config.get("n_frames", 8))
+        unknown = sorted(set(localise_params) - {"stride", "pad_last", "batch_size", "device"})
+        if unknown:
+            raise CycleULMError(
+                f"unknown localise_params for cycleulm-e2e: {unknown}; use stride, pad_last or batch_size."
+            )
+        # Checks the parameters (and the SR grid's memory) before any work.
+        E2EAccumulator(shape[1:], upsampling, prob_threshold=threshold,
+                       stride=localise_params.get("stride"), pad_last=localise_params.get("pad_last", True))
+        e2e_plan = WindowPlan(window, threshold, stride=localise_params.get("stride"),
+                              pad_last=localise_params.get("pad_last", True),
+                              batch_size=localise_params.get("batch_size"))
+    if spec.motion_prior == "mbtnet":
+        # MBT-Net's velocity maps of the whole run are the linker's motion prior, so
+        # localisations are kept until the last block (five numbers each), then linked.
+        prior_plan = WindowPlan(int(nets["mbtnet"].config.get("n_frames", 8)), E2E_PROB_THRESHOLD)
+    loc_model = None if e2e else nets.get(LOCALISERS[spec.localise].network)
+    plan = RunPlan(
+        spec=spec, n_frames=n_frames, frame_shape=shape[1:], block_size=block_size, upsampling=upsampling,
+        scale=scale,
+        psf=psf, loc_psf=mb_psf if mb_only else psf,
+        threshold=None if e2e else threshold,
+        denoise_params=denoise_params,
+        localise_params={} if e2e else localise_params,
+        gate_mode=gate_mode, gate_params=gate_params, e2e=e2e_plan, prior=prior_plan,
+        mblnet_context=loc_model is not None and int(loc_model.config.get("in_channels", 1)) == 3,
+        device=device, clutter=clutter,
+        source_array=raw_input if _sendable_array(raw_input) else None,
+        reopen=getattr(raw_input, "reopen", None),
+        network_sources={k: (c if c.path is None else str(c.path)) for k, c in nets.items()},
+        _stack=stack, _networks=nets,
+    )
 
     def psf_params(p):
         if p is None:
@@ -466,16 +324,18 @@ def iter_pipeline(
             "fwhm_x_px": p.fwhm_x_px,
         }
 
+    cutoffs = getattr(stack, "cutoffs", {})
     params = {
         "pipeline": pipeline,
         "description": spec.description,
         "block_size": block_size,
         "clutter_filter": {"method": clutter.describe(), "block_frames": clutter.block_frames,
-                           "cutoffs": getattr(stack, "cutoffs", {})},
-        "threshold": localise_params["threshold"],
+                           "cutoffs": cutoffs},
+        "threshold": threshold,
         "target_count": target_count,
         "denoise_params": {k: v for k, v in denoise_params.items() if k != "device"},
-        "localise_params": {k: v for k, v in localise_params.items() if k != "device"},
+        "localise_params": {"threshold": threshold,
+                            **{k: v for k, v in localise_params.items() if k != "device"}},
         "track_params": track_params,
         "upsampling": upsampling,
         "intensity_scale": scale,
@@ -483,102 +343,39 @@ def iter_pipeline(
         "frame_rate_hz": frame_rate_hz,
         "psf": psf_params(psf),
     }
-    if spec.denoise == "mbdt":
+    if mb_only:
         params["mbonly_psf"] = psf_params(mb_psf)
         params["models"] = {k: _describe_checkpoint(c) for k, c in nets.items()}
-
-    e2e_acc = None
-    if e2e:
-        from .e2e import E2EAccumulator
-
-        e2e_add = {k: localise_params.pop(k) for k in ("batch_size", "device") if k in localise_params}
-        e2e_kw = {k: localise_params.pop(k) for k in ("stride", "pad_last") if k in localise_params}
-        e2e_acc = E2EAccumulator(
-            shape[1:], upsampling, prob_threshold=localise_params.pop("threshold"), **e2e_kw
-        )
-        if localise_params:
-            raise CycleULMError(
-                f"unknown localise_params for cycleulm-e2e: {sorted(localise_params)}; "
-                "use stride, pad_last or batch_size."
-            )
-    prior_acc = None
-    if spec.motion_prior == "mbtnet":
-        from .e2e import E2EAccumulator
-
-        # MBT-Net's velocity maps of the whole run are the linker's motion prior, so
-        # localisations are kept until the last block (five numbers each), then linked.
-        prior_acc = E2EAccumulator(shape[1:], upsampling, prob_threshold=E2E_PROB_THRESHOLD)
-    loc_threshold = None if e2e else localise_params.pop("threshold")
-    loc_model = None if e2e else nets.get(LOCALISERS[spec.localise].network)
-    mblnet_context = loc_model is not None and int(loc_model.config.get("in_channels", 1)) == 3
-
-    from .temporal import block_gate, gate_kwargs
-
-    gate_mode = "none" if spec.denoise != "mbdt" else (spec.gate if gate is None else gate)
-    gated = gate_kwargs(gate_mode) is not None
-    gate_params = dict(gate_params or {})
     params["gate"] = gate_mode
-    if gated:
+    if gate_kwargs(gate_mode) is not None:
         params["gate_params"] = dict(gate_params)
 
-    def translate_block(block, before, after):
-        from .translate import translate
+    if client is None:
+        blocks: Iterator[BlockResult] = (process_block(plan, a, b) for a, b in plan.blocks())
+    else:
+        from .distributed import iter_block_results
 
-        return translate(block, nets["mbdt"], scale=1.0, before=before, after=after, **denoise_params)
+        blocks = iter_block_results(client, plan)
+        params["dask"] = {"scheduler": getattr(client.scheduler, "address", None),
+                          "workers": len(client.scheduler_info().get("workers", {}))}
 
-    def localise_blocks() -> Generator[Progress, None, None]:
-        """Yield (start, stop, localisations) after denoising and localising each block."""
-        prev_raw = prev_mb = None  # last (scaled) CEUS / MB-only frame of the previous block
-        for start, stop, block in ulm_io.iter_blocks(stack, block_size):
-            t0 = time.perf_counter()
-            block = block * scale
-            extra = {}
-            if spec.denoise == "mbdt":
-                n_next = 2 if mblnet_context else 1
-                nxt = (
-                    ulm_io.read_block(stack, stop, min(n_frames, stop + n_next)) * scale
-                    if stop < n_frames
-                    else block[:0]
-                )
-                den = translate_block(block, prev_raw, nxt[0] if len(nxt) else None)
-                if mblnet_context:
-                    # The next MB-only frame, so 3-frame MBL-Nets see true neighbours.
-                    after = None
-                    if len(nxt):
-                        after = translate_block(nxt[:1], block[-1], nxt[1] if len(nxt) > 1 else None)[0]
-                        if gated:  # the neighbour as the next block will see it
-                            after = after * block_gate(stack, nxt[:1], stop, stop + 1, scale=scale, psf=psf,
-                                                       mode=gate_mode, **gate_params)[0]
-                    extra = {"before": prev_mb, "after": after}
-                if gated:
-                    # Keep MB-DT's bubbles only where the CEUS shows evidence of one (temporal.py).
-                    t_gate = time.perf_counter()
-                    den = den * block_gate(stack, block, start, stop, scale=scale, psf=psf, mode=gate_mode,
-                                           **gate_params)
-                    timer.add("gate", t_gate)
-                prev_raw, prev_mb = block[-1], den[-1]
-            else:
-                den = _stage_denoise(block, spec, psf, denoise_params)
-            timer.add("denoise", t0)
-            t0 = time.perf_counter()
-            if e2e:
-                e2e_acc.add(den, nets["mbtnet"], **e2e_add)
-                locs = Localisations()
-                timer.add("e2e", t0)
-            else:
-                if prior_acc is not None:
-                    prior_acc.add(den, nets["mbtnet"], device=device)
-                    timer.add("motion prior", t0)
-                    t0 = time.perf_counter()
-                locs = localise_block(den, spec.localise, loc_psf, threshold=loc_threshold, model=loc_model,
-                                      **extra, **localise_params)
-                timer.add("localise", t0)
-            if len(locs):
-                locs = locs.with_columns(frame=locs["frame"] + start)
-            pd_sum[:] += (np.asarray(block, np.float64) ** 2).sum(axis=0) / scale**2
-            yield start, stop, locs
+    pd = PowerDopplerAccumulator()
+    e2e_acc = prior_acc = None
 
-    pd_sum = np.zeros(shape[1:], np.float64)
+    def merged(results: Iterator[BlockResult]) -> Iterator[BlockResult]:
+        """Merge each block's accumulators and timings, in frame order."""
+        nonlocal e2e_acc, prior_acc
+        for r in results:
+            pd.merge(r.power_doppler)
+            if r.e2e is not None:
+                e2e_acc = r.e2e if e2e_acc is None else e2e_acc.merge(r.e2e)
+            if r.prior is not None:
+                prior_acc = r.prior if prior_acc is None else prior_acc.merge(r.prior)
+            cutoffs.update(r.cutoffs)
+            for stage, s in r.timings_s.items():
+                timer.seconds[stage] = timer.seconds.get(stage, 0.0) + s
+            yield r
+
     renderer = SRRenderer(shape[1:], upsampling=upsampling)
     linker = Linker(**track_params)
     out = Path(out_dir) if out_dir is not None else None
@@ -586,8 +383,6 @@ def iter_pipeline(
     track_parts: list[Tracks] = []
     n_locs = 0
     n_tracks = 0
-
-    from contextlib import ExitStack
 
     with ExitStack() as stack_ctx:
         loc_writer = track_writer = None
@@ -632,17 +427,17 @@ def iter_pipeline(
             consume_tracks(finished)
 
         if e2e:
-            for start, stop, _ in localise_blocks():
-                yield Progress(stop, n_frames, "MB-DT + MBT-Net")
-        elif target_count is None and prior_acc is None:
-            for start, stop, locs in localise_blocks():
-                consume_locs(locs, stop - 1)
-                yield Progress(stop, n_frames, "localise + track")
+            for r in merged(blocks):
+                yield Progress(r.stop, n_frames, "MB-DT + MBT-Net")
+        elif target_count is None and prior_plan is None:
+            for r in merged(blocks):
+                consume_locs(r.localisations, r.stop - 1)
+                yield Progress(r.stop, n_frames, "localise + track")
         else:
             candidates: list[Localisations] = []
-            for start, stop, locs in localise_blocks():
-                candidates.append(locs)
-                yield Progress(stop, n_frames, "localise")
+            for r in merged(blocks):
+                candidates.append(r.localisations)
+                yield Progress(r.stop, n_frames, "localise")
             allc = Localisations.concat(candidates)
             del candidates
             if target_count is not None:
@@ -655,8 +450,8 @@ def iter_pipeline(
                 keep = _best_first(allc)[:target_count] if len(allc) else np.zeros(0, np.int64)
                 allc = allc.select(np.sort(keep)).sort("frame")
                 params["matched_score_cut"] = float(allc["score"].min()) if len(allc) else None
-            if prior_acc is not None:
-                from .motion_prior import VelocityPrior
+            if prior_plan is not None:
+                from ..motion_prior import VelocityPrior
 
                 t0 = time.perf_counter()
                 vy, vx = prior_acc.mean_velocity()
@@ -666,8 +461,7 @@ def iter_pipeline(
                 timer.add("motion prior", t0)
                 params["motion_prior"] = {"network": "mbtnet", "windows": prior_acc.n_windows,
                                           "known_fraction": float(np.isfinite(vy).mean())}
-            for start in range(0, n_frames, block_size):
-                stop = min(start + block_size, n_frames)
+            for start, stop in plan.blocks():
                 consume_locs(allc.in_frames(start, stop), stop - 1)
                 yield Progress(stop, n_frames, "track")
         t0 = time.perf_counter()
@@ -686,13 +480,12 @@ def iter_pipeline(
             }
         else:
             maps = renderer.result(pixel_size_um=pixel_size_um, frame_rate_hz=frame_rate_hz)
-        power_doppler = (pd_sum / n_frames).astype(np.float32)
         result = PipelineResult(
             pipeline=pipeline,
             localisations=Localisations.concat(loc_parts) if keep_tables or e2e else None,
             tracks=Tracks.concat(track_parts) if keep_tables or e2e else None,
             maps=maps,
-            power_doppler=power_doppler,
+            power_doppler=pd.result(),
             n_frames=n_frames,
             n_localisations=n_locs,
             n_tracks=n_tracks,
@@ -710,7 +503,6 @@ def iter_pipeline(
             write_text_atomic(stage / "run.json", json.dumps(result.summary(), indent=2, default=str))
     return result
 
-
 def run_pipeline(stack, pipeline: str = "baseline1", psf="auto", *, progress: Callable[[Progress], Any] | None = None, **kwargs) -> PipelineResult:
     """Run a named pipeline to completion (see :func:`iter_pipeline` for parameters).
 
@@ -722,7 +514,7 @@ def run_pipeline(stack, pipeline: str = "baseline1", psf="auto", *, progress: Ca
 
 def write_maps(result: PipelineResult, out_dir: str | Path) -> dict[str, str]:
     """Write the SR maps, power Doppler and a PNG preview of a result; return the paths."""
-    from .render import to_png
+    from ..render import to_png
 
     out = Path(out_dir)
     maps = result.maps
