@@ -279,9 +279,6 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .pipeline import iter_pipeline
-    from .preprocess import parse_clutter_filter
-    from .progress import drive_with_bar
     from .render import check_sr_memory
 
     path = Path(args.input)

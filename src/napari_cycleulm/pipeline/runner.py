@@ -6,6 +6,7 @@ import json
 import time
 import warnings
 from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,24 @@ def _best_first(locs: Localisations) -> np.ndarray:
     return np.lexsort(keys)
 
 
-def iter_pipeline(
+@dataclass
+class RunSetup:
+    """What :func:`plan_run` decided: the plan every block follows, and the run's record."""
+
+    plan: RunPlan
+    #: Every parameter of the run (written to run.json).
+    params: dict
+    timings_s: dict
+    track_params: dict
+    keep_tables: bool
+    #: SVD block start -> clutter components removed (fills as blocks are filtered).
+    cutoffs: dict
+
+
+def plan_run(
     stack,
-    pipeline: str = "baseline1",
-    psf: PSF | str | None = "auto",
+    pipeline="baseline1",
+    psf="auto",
     *,
     block_size: int = 200,
     threshold: float | None = None,
@@ -86,7 +101,7 @@ def iter_pipeline(
     upsampling: int = 4,
     pixel_size_um: float | None = None,
     frame_rate_hz: float | None = None,
-    out_dir: str | Path | None = None,
+    out_dir=None,
     keep_tables: bool | None = None,
     device: str | None = None,
     mbdt=None,
@@ -96,82 +111,11 @@ def iter_pipeline(
     gate: str | None = None,
     gate_params: dict | None = None,
     clutter_filter=None,
-    client=None,
-) -> Generator[Progress, None, PipelineResult]:
-    """Run a named pipeline, yielding progress; the generator returns a :class:`PipelineResult`.
+) -> RunSetup:
+    """Check the arguments, load the networks, calibrate (PSF, intensity scale): the run's plan.
 
-    Parameters
-    ----------
-    stack : array_like or io.LazyStack
-        CEUS frames, (T, H, W) envelope (magnitude) data.
-    pipeline : str or PipelineSpec
-        One of :data:`PIPELINES`, or a composition of registry stages.
-    psf : PSF, PSFEstimate, "auto" or None
-        PSF of the CEUS data (an estimator's ``PSFEstimate`` is taken as its ``.psf``).  ``"auto"`` estimates it from isolated bubbles of
-        the first block.  The CycleULM pipelines localise with its MB-only
-        version ``psf.mbonly()`` and compare that with the range the networks
-        were trained on (a ``UserWarning`` when outside);
-        ``cycleulm-loc`` / ``cycleulm-e2e`` accept None (no check; also what
-        they fall back to, with a warning, when "auto" finds too few bubbles).
-    block_size : int
-        Frames per block; memory grows with it, not with the acquisition.
-    threshold : float, optional
-        Localisation threshold: NCC score, deconvolution amplitude in
-        normalised intensity units, MBL-Net summed probability, or (E2E) the
-        trajectory probability; the pipeline's default when ``None``
-        (:attr:`PipelineSpec.threshold`).
-    target_count : int, optional
-        Keep exactly the N best localisations of the acquisition (see module
-        notes; not for ``cycleulm-e2e``).
-    denoise_params, localise_params, track_params : dict, optional
-        Passed to :func:`preprocess.adaptive_threshold` (baselines) or
-        :func:`translate.translate` (CycleULM, e.g. ``batch_size``), the
-        localiser (for E2E: ``stride``, ``pad_last`` of
-        :class:`~napari_cycleulm.e2e.E2EAccumulator` and ``batch_size``) and
-        :class:`track.Linker`.
-    upsampling : int
-        SR grid factor (4 gives pixels a quarter of the CEUS pixel).
-    pixel_size_um, frame_rate_hz : float, optional
-        Physical units; velocities are reported in mm/s when both are given.
-    out_dir : path, optional
-        Write ``localisations.csv``, ``tracks.csv``, ``sr_density.tif``,
-        ``sr_velocity.tif``, ``sr_direction.tif``, ``sr_count.tif``,
-        ``power_doppler.tif``, ``preview.png`` and ``run.json``; tables are
-        streamed to disk (E2E writes no tables).  Files appear only when the
-        run completes.
-    keep_tables : bool, optional
-        Keep localisations and tracks in memory (default: only without ``out_dir``).
-    device : str, optional
-        Torch device for the localisers and networks (default: CUDA when present).
-    mbdt, mblnet, mbtnet : None, "default", path or Checkpoint
-        Networks of the CycleULM pipelines (default: the shipped weights).
-    scale : float, optional
-        Intensity factor of the run (see :mod:`napari_cycleulm.stages`);
-        default from the first :data:`CALIBRATION_FRAMES` frames.  Pass 1 for
-        frames already in normalised units (e.g. MB-only frames).
-    gate : {"none", "spatial", "temporal", "spatial+temporal"}, optional
-        Keep MB-DT's output only where the CEUS frames show evidence of a
-        bubble: brighter than their spatial neighbourhood (Bradley-Roth), a
-        transient over the pixel's temporal background, or both
-        (:mod:`napari_cycleulm.temporal`); default: the pipeline's
-        (:attr:`PipelineSpec.gate`).
-    gate_params : dict, optional
-        Further parameters of :func:`~napari_cycleulm.temporal.transient_gate`
-        (``significance``, ``spatial_sensitivity``, ``window_half_frames``,
-        ``stride_frames``).
-    clutter_filter : ClutterFilter or str, optional
-        The first stage, before everything else (PSF, scale, MB-DT, gate):
-        ``"none"``, ``"svd"`` / ``"svd:auto"`` (automatic cut-off per block)
-        or ``"svd:N"``, or a :class:`~napari_cycleulm.preprocess.ClutterFilter`
-        (which also sets the SVD block length); default
-        :data:`~napari_cycleulm.preprocess.DEFAULT_CLUTTER_FILTER`.  Complex
-        IQ input is filtered and its envelope taken.
-    client : distributed.Client, optional
-        Spread the blocks over a dask cluster
-        (:mod:`napari_cycleulm.pipeline.distributed`): each worker denoises
-        and localises whole blocks, reading the input file itself; tracks are
-        linked here in frame order and the maps merged, so the result is the
-        one of a run in this process.
+    Everything decided once per run; the parameters are those of
+    :func:`iter_pipeline`, which calls it.
 
     Raises
     ------
@@ -237,7 +181,6 @@ def iter_pipeline(
             raise CycleULMError(f"psf must be a PSF object or 'auto', got {psf!r}.")
         from ..psf import estimate_psf_auto
 
-        yield Progress(0, n_frames, "psf")
         t0 = time.perf_counter()
         try:
             psf = estimate_psf_auto(calibration, pixel_size_um=pixel_size_um).psf
@@ -350,6 +293,131 @@ def iter_pipeline(
     if gate_kwargs(gate_mode) is not None:
         params["gate_params"] = dict(gate_params)
 
+    return RunSetup(plan=plan, params=params, timings_s=timer.seconds, track_params=track_params,
+                    keep_tables=keep_tables, cutoffs=cutoffs)
+
+
+def iter_pipeline(
+    stack,
+    pipeline: str = "baseline1",
+    psf: PSF | str | None = "auto",
+    *,
+    block_size: int = 200,
+    threshold: float | None = None,
+    target_count: int | None = None,
+    denoise_params: dict | None = None,
+    localise_params: dict | None = None,
+    track_params: dict | None = None,
+    upsampling: int = 4,
+    pixel_size_um: float | None = None,
+    frame_rate_hz: float | None = None,
+    out_dir: str | Path | None = None,
+    keep_tables: bool | None = None,
+    device: str | None = None,
+    mbdt=None,
+    mblnet=None,
+    mbtnet=None,
+    scale: float | None = None,
+    gate: str | None = None,
+    gate_params: dict | None = None,
+    clutter_filter=None,
+    client=None,
+) -> Generator[Progress, None, PipelineResult]:
+    """Run a named pipeline, yielding progress; the generator returns a :class:`PipelineResult`.
+
+    Parameters
+    ----------
+    stack : array_like or io.LazyStack
+        CEUS frames, (T, H, W) envelope (magnitude) data.
+    pipeline : str or PipelineSpec
+        One of :data:`PIPELINES`, or a composition of registry stages.
+    psf : PSF, PSFEstimate, "auto" or None
+        PSF of the CEUS data (an estimator's ``PSFEstimate`` is taken as its ``.psf``).  ``"auto"`` estimates it from isolated bubbles of
+        the first block.  The CycleULM pipelines localise with its MB-only
+        version ``psf.mbonly()`` and compare that with the range the networks
+        were trained on (a ``UserWarning`` when outside);
+        ``cycleulm-loc`` / ``cycleulm-e2e`` accept None (no check; also what
+        they fall back to, with a warning, when "auto" finds too few bubbles).
+    block_size : int
+        Frames per block; memory grows with it, not with the acquisition.
+    threshold : float, optional
+        Localisation threshold: NCC score, deconvolution amplitude in
+        normalised intensity units, MBL-Net summed probability, or (E2E) the
+        trajectory probability; the pipeline's default when ``None``
+        (:attr:`PipelineSpec.threshold`).
+    target_count : int, optional
+        Keep exactly the N best localisations of the acquisition (see module
+        notes; not for ``cycleulm-e2e``).
+    denoise_params, localise_params, track_params : dict, optional
+        Passed to :func:`preprocess.adaptive_threshold` (baselines) or
+        :func:`translate.translate` (CycleULM, e.g. ``batch_size``), the
+        localiser (for E2E: ``stride``, ``pad_last`` of
+        :class:`~napari_cycleulm.e2e.E2EAccumulator` and ``batch_size``) and
+        :class:`track.Linker`.
+    upsampling : int
+        SR grid factor (4 gives pixels a quarter of the CEUS pixel).
+    pixel_size_um, frame_rate_hz : float, optional
+        Physical units; velocities are reported in mm/s when both are given.
+    out_dir : path, optional
+        Write ``localisations.csv``, ``tracks.csv``, ``sr_density.tif``,
+        ``sr_velocity.tif``, ``sr_direction.tif``, ``sr_count.tif``,
+        ``power_doppler.tif``, ``preview.png`` and ``run.json``; tables are
+        streamed to disk (E2E writes no tables).  Files appear only when the
+        run completes.
+    keep_tables : bool, optional
+        Keep localisations and tracks in memory (default: only without ``out_dir``).
+    device : str, optional
+        Torch device for the localisers and networks (default: CUDA when present).
+    mbdt, mblnet, mbtnet : None, "default", path or Checkpoint
+        Networks of the CycleULM pipelines (default: the shipped weights).
+    scale : float, optional
+        Intensity factor of the run (see :mod:`napari_cycleulm.stages`);
+        default from the first :data:`CALIBRATION_FRAMES` frames.  Pass 1 for
+        frames already in normalised units (e.g. MB-only frames).
+    gate : {"none", "spatial", "temporal", "spatial+temporal"}, optional
+        Keep MB-DT's output only where the CEUS frames show evidence of a
+        bubble: brighter than their spatial neighbourhood (Bradley-Roth), a
+        transient over the pixel's temporal background, or both
+        (:mod:`napari_cycleulm.temporal`); default: the pipeline's
+        (:attr:`PipelineSpec.gate`).
+    gate_params : dict, optional
+        Further parameters of :func:`~napari_cycleulm.temporal.transient_gate`
+        (``significance``, ``spatial_sensitivity``, ``window_half_frames``,
+        ``stride_frames``).
+    clutter_filter : ClutterFilter or str, optional
+        The first stage, before everything else (PSF, scale, MB-DT, gate):
+        ``"none"``, ``"svd"`` / ``"svd:auto"`` (automatic cut-off per block)
+        or ``"svd:N"``, or a :class:`~napari_cycleulm.preprocess.ClutterFilter`
+        (which also sets the SVD block length); default
+        :data:`~napari_cycleulm.preprocess.DEFAULT_CLUTTER_FILTER`.  Complex
+        IQ input is filtered and its envelope taken.
+    client : distributed.Client, optional
+        Spread the blocks over a dask cluster
+        (:mod:`napari_cycleulm.pipeline.distributed`): each worker denoises
+        and localises whole blocks, reading the input file itself; tracks are
+        linked here in frame order and the maps merged, so the result is the
+        one of a run in this process.
+
+    Raises
+    ------
+    CycleULMError
+        Bad arguments, missing default weights, unreadable or wrong checkpoints.
+    """
+    if isinstance(psf, str) and psf == "auto":
+        yield Progress(0, len(stack), "psf")
+    setup = plan_run(
+        stack, pipeline, psf, block_size=block_size, threshold=threshold, target_count=target_count,
+        denoise_params=denoise_params, localise_params=localise_params, track_params=track_params,
+        upsampling=upsampling, pixel_size_um=pixel_size_um, frame_rate_hz=frame_rate_hz, out_dir=out_dir,
+        keep_tables=keep_tables, device=device, mbdt=mbdt, mblnet=mblnet, mbtnet=mbtnet, scale=scale,
+        gate=gate, gate_params=gate_params, clutter_filter=clutter_filter,
+    )
+    plan, params, cutoffs = setup.plan, setup.params, setup.cutoffs
+    spec, n_frames, keep_tables = plan.spec, plan.n_frames, setup.keep_tables
+    e2e = plan.e2e is not None
+    timer = _Timer()
+    timer.seconds = setup.timings_s
+
     if client is None:
         blocks: Iterator[BlockResult] = (process_block(plan, a, b) for a, b in plan.blocks())
     else:
@@ -376,7 +444,8 @@ def iter_pipeline(
                 timer.seconds[stage] = timer.seconds.get(stage, 0.0) + s
             yield r
 
-    renderer = SRRenderer(shape[1:], upsampling=upsampling)
+    renderer = SRRenderer(plan.frame_shape, upsampling=upsampling)
+    track_params = setup.track_params
     linker = Linker(**track_params)
     out = Path(out_dir) if out_dir is not None else None
     loc_parts: list[Localisations] = []
@@ -429,7 +498,7 @@ def iter_pipeline(
         if e2e:
             for r in merged(blocks):
                 yield Progress(r.stop, n_frames, "MB-DT + MBT-Net")
-        elif target_count is None and prior_plan is None:
+        elif target_count is None and plan.prior is None:
             for r in merged(blocks):
                 consume_locs(r.localisations, r.stop - 1)
                 yield Progress(r.stop, n_frames, "localise + track")
@@ -450,7 +519,7 @@ def iter_pipeline(
                 keep = _best_first(allc)[:target_count] if len(allc) else np.zeros(0, np.int64)
                 allc = allc.select(np.sort(keep)).sort("frame")
                 params["matched_score_cut"] = float(allc["score"].min()) if len(allc) else None
-            if prior_plan is not None:
+            if plan.prior is not None:
                 from ..motion_prior import VelocityPrior
 
                 t0 = time.perf_counter()
@@ -481,7 +550,7 @@ def iter_pipeline(
         else:
             maps = renderer.result(pixel_size_um=pixel_size_um, frame_rate_hz=frame_rate_hz)
         result = PipelineResult(
-            pipeline=pipeline,
+            pipeline=spec.name,
             localisations=Localisations.concat(loc_parts) if keep_tables or e2e else None,
             tracks=Tracks.concat(track_parts) if keep_tables or e2e else None,
             maps=maps,
