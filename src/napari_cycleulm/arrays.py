@@ -99,10 +99,24 @@ def intensity_scale(frames, percentile: float = 99.9, max_values: float | None =
         stride = max(1, int(np.ceil(arr.size / max_values)))
         if 1 < stride < arr.shape[0]:
             arr = arr[::stride]
+    ref = intensity_reference(arr, percentile)
+    return 1.0 / ref if ref > 0 else 1.0
+
+
+def intensity_reference(values, percentile: float = 99.9) -> float:
+    """The intensity that the package's convention maps to 1.
+
+    The ``percentile`` of ``values``, or their largest absolute value when
+    that percentile is not positive (sparse bubbles on a zero background);
+    0 only for an all-zero input.  :func:`intensity_scale`,
+    :func:`~napari_cycleulm.preprocess.normalise_intensity` and the
+    simulator all use this rule.
+    """
+    arr = np.asarray(values)
     ref = float(np.percentile(arr, percentile))
     if ref <= 0:
         ref = float(np.abs(arr).max())
-    return 1.0 / ref if ref > 0 else 1.0
+    return ref
 
 
 #: Median absolute deviation -> standard deviation of a Gaussian, the factor every

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .arrays import as_frames
+from .arrays import as_frames, intensity_reference
 from .device import resolve_device
 from .errors import CycleULMError
 
@@ -710,9 +710,7 @@ def normalise_intensity(frames, percentile: float = 99.9) -> np.ndarray:
     arr = as_frames(frames)
     if not (0 < percentile <= 100):
         raise CycleULMError(f"percentile must be in (0, 100], got {percentile!r}.")
-    ref = float(np.percentile(arr, percentile))
-    if ref <= 0:
-        ref = float(np.abs(arr).max())
+    ref = intensity_reference(arr, percentile)
     if ref <= 0:
         return arr.copy()
     return (arr / np.float32(ref)).astype(np.float32)

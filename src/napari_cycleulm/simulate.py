@@ -107,6 +107,7 @@ import scipy.fft
 
 from ._atomic import atomic_path, write_text_atomic
 from ._json import jsonable
+from .arrays import intensity_reference
 from .errors import CycleULMError
 from .psf import FWHM_PER_SIGMA
 from .tables import Localisations
@@ -854,7 +855,7 @@ def simulate(
             progress(t1, n_frames)
 
     sub = frames.reshape(-1)[:: max(1, frames.size // 2_000_000)]
-    scale = float(np.percentile(sub, 99.9))
+    scale = intensity_reference(sub)  # the package's convention: the 99.9th percentile maps to 1
     if not scale > 0:
         scale = 1.0
     frames /= np.float32(scale)
