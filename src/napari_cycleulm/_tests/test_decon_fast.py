@@ -116,16 +116,24 @@ def test_dense_gram_matrix_is_the_operator_of_the_fft_tiles():
     assert torch.allclose((x.flatten(1) @ op.A.T).reshape(py, px), fft, atol=1e-5)
 
 
-def test_peak_finder_matches_find_peaks_including_ties():
+def test_box_max_equals_max_pool_and_peaks_keep_the_first_of_a_plateau():
+    """find_peaks (used by the deconvolution too) runs on separable box maxima."""
+    import torch.nn.functional as F
+
+    from napari_cycleulm.localise.peaks import box_max
+
     rng = np.random.default_rng(2)
     maps = rng.random((3, 40, 50)).astype(np.float32)
     maps[0, 10, 10:13] = 2.0  # a plateau: the first in raster order wins
     maps[1, 5:7, 5] = 3.0
     m = torch.from_numpy(maps)
     for d in (1, 2, 4):
-        f, y, x = decon_module._find_peaks(m, 0.5, d)
-        g = find_peaks(m, 0.5, d)
-        assert np.array_equal(f, g[0]) and np.array_equal(y, g[1]) and np.array_equal(x, g[2])
+        ref = F.max_pool2d(m[:, None], 2 * d + 1, stride=1, padding=d)[:, 0]
+        assert torch.equal(box_max(m, d), ref)
+        f, y, x, _ = find_peaks(m, 0.5, d)
+        assert ((f == 0) & (y == 10) & (x == 10)).sum() == 1
+        assert ((f == 0) & (y == 10) & ((x == 11) | (x == 12))).sum() == 0
+        assert ((f == 1) & (y == 5) & (x == 5)).sum() == 1 and ((f == 1) & (y == 6) & (x == 5)).sum() == 0
 
 
 def test_weak_groups_are_skipped_and_strong_ones_kept():

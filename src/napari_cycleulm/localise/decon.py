@@ -51,6 +51,7 @@ from ..errors import CycleULMError
 from ..psf import PSF, gaussian_kernel
 from ..tables import Localisations
 from ._common import check_kernel_fits, fast_len, psf_kernel
+from .peaks import find_peaks
 
 __all__ = ["localise_decon", "deconvolve", "fine_to_pixel"]
 
@@ -644,45 +645,6 @@ class _Solver:
         return full[:, : u * tl.h, : u * tl.w]
 
 
-def _box_max(m: torch.Tensor, d: int) -> torch.Tensor:
-    """Maximum over ``(2d + 1)^2`` boxes of ``(T, H, W)`` maps (``-inf`` outside).
-
-    Separable running maxima of shifted views: the same values as
-    ``max_pool2d(m, 2d + 1, stride=1, padding=d)``, several times faster on CPU.
-    """
-    h, w = m.shape[-2:]
-    p = F.pad(m, (d, d, d, d), value=-float("inf"))
-    rows = p[..., :, : w].clone()
-    for i in range(1, 2 * d + 1):
-        torch.maximum(rows, p[..., :, i : i + w], out=rows)
-    out = rows[..., : h, :].clone()
-    for i in range(1, 2 * d + 1):
-        torch.maximum(out, rows[..., i : i + h, :], out=out)
-    return out
-
-
-def _find_peaks(m: torch.Tensor, threshold: float, min_distance: int):
-    """Local maxima of ``(T, H, W)`` maps above ``threshold``, as :func:`.peaks.find_peaks`.
-
-    A cell is a peak when it equals the maximum of its ``(2 d + 1)^2`` box and
-    exceeds ``threshold``; among tied candidates of one box the first in raster
-    order is kept.  Returns int64 ``frame, y, x`` sorted by frame then
-    decreasing value.
-    """
-    d = int(min_distance)
-    t, h, w = m.shape
-    cand = (m == _box_max(m, d)) & (m > threshold)
-    if bool(cand.any()):
-        idx = torch.arange(h * w, device=m.device, dtype=torch.float32).reshape(1, h, w)
-        neg = torch.where(cand, -idx, torch.full_like(m, -float("inf")))
-        cand &= neg == _box_max(neg, d)
-    f, y, x = torch.nonzero(cand, as_tuple=True)
-    v = m[f, y, x]
-    f, y, x, v = (a.cpu().numpy() for a in (f, y, x, v))
-    order = np.lexsort((-v, f))
-    return f[order].astype(np.int64), y[order].astype(np.int64), x[order].astype(np.int64)
-
-
 def _prepare(frames, psf, upsampling):
     arr = as_frames(frames)
     kernel, fwhm = psf_kernel(psf)
@@ -876,7 +838,7 @@ def localise_decon(
                               count_include_pad=True)[:, 0] * (2 * agg + 1) ** 2
             # Keep weak candidates; the threshold is applied to the final amplitudes.
             floor = 1e-6 * float(xs.max())
-            f, py, px = _find_peaks(xs, floor, min_distance * u)
+            f, py, px, _ = find_peaks(xs, floor, min_distance * u)
             if f.size == 0:
                 continue
             # Centroid of x in a (2r+1)^2 window around each peak.

@@ -36,6 +36,23 @@ def _as_maps(maps) -> torch.Tensor:
     return t if t.dtype == torch.float64 else t.float()
 
 
+def box_max(m: torch.Tensor, d: int) -> torch.Tensor:
+    """Maximum over ``(2d + 1)^2`` boxes of ``(T, H, W)`` maps (``-inf`` outside).
+
+    Separable running maxima of shifted views: the same values as
+    ``max_pool2d(m, 2d + 1, stride=1, padding=d)``, several times faster on CPU.
+    """
+    h, w = m.shape[-2:]
+    p = F.pad(m, (d, d, d, d), value=-float("inf"))
+    rows = p[..., :, : w].clone()
+    for i in range(1, 2 * d + 1):
+        torch.maximum(rows, p[..., :, i : i + w], out=rows)
+    out = rows[..., : h, :].clone()
+    for i in range(1, 2 * d + 1):
+        torch.maximum(out, rows[..., i : i + h, :], out=out)
+    return out
+
+
 def find_peaks(
     maps,
     threshold: float,
@@ -46,7 +63,7 @@ def find_peaks(
     """Local maxima above a threshold, batched over frames.
 
     A pixel is a peak when it equals the maximum of its
-    ``(2 min_distance + 1)^2`` neighbourhood (``max_pool2d`` equality) and its
+    ``(2 min_distance + 1)^2`` neighbourhood (:func:`box_max` equality) and its
     value is ``> threshold``.  Ties (plateaus) are broken deterministically:
     among tied candidates within one neighbourhood only the first in raster
     order (smallest ``y``, then ``x``) is kept.
@@ -77,9 +94,7 @@ def find_peaks(
     if d < 1:
         raise CycleULMError(f"min_distance must be >= 1, got {min_distance!r}.")
     t, h, w = m.shape
-    k = 2 * d + 1
-    pooled = F.max_pool2d(m[:, None], k, stride=1, padding=d)[:, 0]
-    cand = (m == pooled) & (m > threshold)
+    cand = (m == box_max(m, d)) & (m > threshold)
     eb = int(exclude_border)
     if eb > 0:
         border = torch.zeros((h, w), dtype=torch.bool, device=m.device)
@@ -89,8 +104,7 @@ def find_peaks(
         # Tie-break: keep the candidate with the smallest raster index per window.
         idx = torch.arange(h * w, device=m.device, dtype=torch.float32).reshape(1, h, w)
         neg = torch.where(cand, -idx, torch.full_like(m, -float("inf")))
-        first = F.max_pool2d(neg[:, None], k, stride=1, padding=d)[:, 0]
-        cand &= neg == first
+        cand &= neg == box_max(neg, d)
     f, y, x = torch.nonzero(cand, as_tuple=True)
     v = m[f, y, x]
     f, y, x, v = (a.cpu().numpy() for a in (f, y, x, v))
