@@ -8,7 +8,7 @@ dense with fast flow, this script links the *same* detections three ways:
   prediction (the pipelines' linker);
 * ``prior_true``: the same linker with a motion prior from the true velocity
   field (mean ground-truth ``vy, vx`` per SR pixel,
-  :func:`~napari_cycleulm.motion_prior.velocity_field_from_tracks`): what a
+  :func:`~napari_cycleulm.track.motion_prior.velocity_field_from_tracks`): what a
   perfect prior would give;
 * ``prior_mbtnet``: with the mean velocity maps MBT-Net predicts on the
   MB-DT output of the same acquisition (shipped weights, MB-DT + spatial
@@ -45,7 +45,7 @@ import numpy as np
 
 from napari_cycleulm._atomic import write_text_atomic
 from napari_cycleulm._json import jsonable
-from napari_cycleulm.motion_prior import VelocityPrior, velocity_field_from_tracks
+from napari_cycleulm.track.motion_prior import VelocityPrior, velocity_field_from_tracks
 from napari_cycleulm.simulate import simulate
 from napari_cycleulm.tables import Localisations
 from napari_cycleulm.track import track

@@ -520,7 +520,7 @@ def iter_pipeline(
                 allc = allc.select(np.sort(keep)).sort("frame")
                 params["matched_score_cut"] = float(allc["score"].min()) if len(allc) else None
             if plan.prior is not None:
-                from ..motion_prior import VelocityPrior
+                from ..track.motion_prior import VelocityPrior
 
                 t0 = time.perf_counter()
                 vy, vx = prior_acc.mean_velocity()

@@ -46,7 +46,7 @@ unless ``interpolate_gaps=True`` (linear interpolation, flagged by an
 
 Motion prior (optional, ``motion_prior``): a callable ``prior(frames, y, x)
 -> (vy, vx)`` giving an expected velocity field in pixels/frame (NaN where
-unknown), e.g. a :class:`~napari_cycleulm.motion_prior.VelocityPrior` of
+unknown), e.g. a :class:`~napari_cycleulm.track.motion_prior.VelocityPrior` of
 MBT-Net's velocity maps (the paper's proposal for explicit tracks).  For each
 live track the prior is sampled at its (Kalman) position at its last
 detection and fused with the track's own velocity as an independent estimate
@@ -81,8 +81,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from .errors import CycleULMError
-from .tables import Localisations, PointTable, Tracks
+from ..errors import CycleULMError
+from ..tables import Localisations, PointTable, Tracks
 
 __all__ = ["Linker", "track", "max_distance_for"]
 
@@ -196,7 +196,7 @@ class Linker:
     motion_prior : callable, optional
         ``prior(frames, y, x) -> (vy, vx)`` on 1-D arrays (frame indices,
         pixels), velocities in pixels/frame, NaN where unknown; see the module
-        notes and :class:`~napari_cycleulm.motion_prior.VelocityPrior`.
+        notes and :class:`~napari_cycleulm.track.motion_prior.VelocityPrior`.
         Default None: constant-velocity Kalman prediction only.
     prior_noise : float
         Standard deviation of the prior's velocity error, pixels/frame; larger

@@ -10,7 +10,7 @@ taking 1-D arrays of frame indices and positions (original pixels) and
 returning the expected bubble velocity there, pixels/frame, NaN where the
 prior knows nothing.  :class:`~napari_cycleulm.track.Linker` (argument
 ``motion_prior``) uses it to predict where a track goes next; see
-:mod:`napari_cycleulm.track` for how it is blended with the track's own
+:mod:`napari_cycleulm.track.linker` for how it is blended with the track's own
 velocity.
 
 :class:`VelocityPrior` is the prior of a velocity map pair ``(vy, vx)`` on
@@ -30,9 +30,9 @@ import math
 import numpy as np
 from scipy import ndimage
 
-from .errors import CycleULMError
-from .render import sr_coordinates
-from .tables import Tracks
+from ..errors import CycleULMError
+from ..render import sr_coordinates
+from ..tables import Tracks
 
 __all__ = ["VelocityPrior", "link_with_prior", "velocity_field_from_tracks"]
 
@@ -227,7 +227,7 @@ def link_with_prior(localisations, velocity_y, velocity_x, scale: int = 4, *,
     CycleULMError
         On malformed maps or linker parameters.
     """
-    from .track import track
+    from .linker import track
 
     if "motion_prior" in linker_params:
         raise CycleULMError("link_with_prior builds the motion prior itself; do not pass motion_prior.")
