@@ -30,7 +30,7 @@ import numpy as np
 from gate_selection import SETTINGS as GATE_SETTINGS
 from napari_cycleulm._atomic import write_text_atomic
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.metrics import match_localisations
+from napari_cycleulm.evaluate.metrics import match_localisations
 from napari_cycleulm.pipeline import run_pipeline
 from napari_cycleulm.preprocess import auto_cutoff, static_texture_ratio, svd_clutter_filter
 from napari_cycleulm.simulate import simulate

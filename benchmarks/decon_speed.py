@@ -73,7 +73,7 @@ def pipeline_inputs(n_frames: int, device: str | None) -> dict:
 
 def agreement(old, new, tol_px: float = MATCH_PX) -> dict:
     """Matched fraction (one-to-one, within ``tol_px``) of ``old`` in ``new``, and the count ratio."""
-    from napari_cycleulm.metrics import match_localisations
+    from napari_cycleulm.evaluate.metrics import match_localisations
 
     matched = match_localisations(old, new, tolerance=tol_px).tp if len(old) and len(new) else 0
     n_old, n_new = len(old), len(new)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.metrics import match_localisations
+from napari_cycleulm.evaluate.metrics import match_localisations
 from napari_cycleulm.pipeline import run_pipeline
 from napari_cycleulm.simulate import simulate
 from napari_cycleulm.temporal import GATE_MODES

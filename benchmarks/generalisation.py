@@ -80,7 +80,7 @@ from networks import contrast
 from napari_cycleulm._atomic import write_text_atomic
 from napari_cycleulm._json import jsonable
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.metrics import fwhm, match_localisations, rmse
+from napari_cycleulm.evaluate.metrics import fwhm, match_localisations, rmse
 from napari_cycleulm.pipeline import CALIBRATION_FRAMES, run_pipeline
 from napari_cycleulm.preprocess import DEFAULT_CLUTTER_FILTER, clutter_filtered
 from napari_cycleulm.psf import PSF, bubble_patches, estimate_psf_auto

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from napari_cycleulm.metrics import cnr_db
+from napari_cycleulm.evaluate.metrics import cnr_db
 from napari_cycleulm.psf import estimate_psf, estimate_psf_auto
 from napari_cycleulm.simulate import isolated_positions, simulate
 from napari_cycleulm.train import train_mbdt

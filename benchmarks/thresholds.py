@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_cycleulm.metrics import match_localisations
+from napari_cycleulm.evaluate.metrics import match_localisations
 from napari_cycleulm.pipeline import PIPELINES, iter_pipeline
 from napari_cycleulm.progress import drive
 from napari_cycleulm.psf import estimate_psf_auto

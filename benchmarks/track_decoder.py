@@ -20,7 +20,7 @@ fraction of them dropped (``gt_noisy``), and (2) the localisations of the
 ``--no-pipeline``).  Every linker uses the same parameters
 (``max_distance = 1.2 * fastest speed + 0.5`` px/frame, ``min_length = 2`` so
 that every link is scored, other parameters at their defaults, ``prior_noise``
-from ``--prior-noise``).  Scores (:func:`napari_cycleulm.track_metrics.score_tracks`,
+from ``--prior-noise``).  Scores (:func:`napari_cycleulm.evaluate.track_metrics.score_tracks`,
 tolerance 1 px): fraction of true links recovered (of all true links and of
 those whose two points were detected), fraction of false links, and the
 track length distribution.  The priors' own error (RMSE against the true
@@ -49,7 +49,7 @@ from napari_cycleulm.track.motion_prior import VelocityPrior, velocity_field_fro
 from napari_cycleulm.simulate import simulate
 from napari_cycleulm.tables import Localisations
 from napari_cycleulm.track import track
-from napari_cycleulm.track_metrics import score_tracks
+from napari_cycleulm.evaluate.track_metrics import score_tracks
 
 #: Simulation settings: mean bubbles per frame and the speed range (mm/s; 500 Hz, 50 um pixels).
 SETTINGS = {

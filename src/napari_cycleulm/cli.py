@@ -182,7 +182,7 @@ def cmd_psf(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from ._atomic import write_text_atomic
-    from .metrics import match_localisations
+    from .evaluate.metrics import match_localisations
     from .tables import Localisations
 
     out = args.out or str(Path(args.detections).with_suffix(".evaluation.json"))
@@ -509,7 +509,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .metrics import match_localisations
+    from .evaluate.metrics import match_localisations
     import numpy as np
 
     from .pipeline import PIPELINES, iter_pipeline

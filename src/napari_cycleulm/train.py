@@ -1244,7 +1244,7 @@ def validate_mblnet(
         (the inference decoder) at ``threshold``.
     """
     from .localise.mblnet import decode_mblnet  # the decoder used at inference
-    from .metrics import match_localisations
+    from .evaluate.metrics import match_localisations
 
     net = _as_module(model)
     dev = resolve_device(device)
@@ -1343,7 +1343,7 @@ def validate_mbdt(
     The first ``max_frames`` frames are translated to MB-only frames and
     localised with NCC (:func:`~napari_cycleulm.localise.localise_ncc`, MB-only
     PSF); the raw frames are localised the same way with the CEUS PSF.  For
-    each, the best F1 over NCC thresholds (:func:`~napari_cycleulm.metrics.precision_recall_sweep`)
+    each, the best F1 over NCC thresholds (:func:`~napari_cycleulm.evaluate.metrics.precision_recall_sweep`)
     is reported.
 
     Returns
@@ -1355,7 +1355,7 @@ def validate_mbdt(
         clutter left).  Without ``gt`` only ``background_level``.
     """
     from .localise import localise_ncc
-    from .metrics import precision_recall_sweep
+    from .evaluate.metrics import precision_recall_sweep
     from .translate import translate
 
     net = _as_module(model)

@@ -9,7 +9,7 @@ import pytest
 
 from napari_cycleulm.cli import main
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.metrics import match_localisations
+from napari_cycleulm.evaluate.metrics import match_localisations
 from napari_cycleulm.pipeline import run_pipeline
 from napari_cycleulm.psf import PSF
 from napari_cycleulm.preprocess import (

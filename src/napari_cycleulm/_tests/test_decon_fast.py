@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cycleulm.metrics import match_localisations
+from napari_cycleulm.evaluate.metrics import match_localisations
 from napari_cycleulm.localise import decon as decon_module
 from napari_cycleulm.localise.decon import deconvolve, localise_decon
 from napari_cycleulm.localise.peaks import find_peaks

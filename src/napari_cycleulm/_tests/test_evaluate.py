@@ -1,4 +1,4 @@
-"""evaluate.py: CNR and FWHM on the MIP, localisation accuracy tables and plots."""
+"""evaluate/studies.py: CNR and FWHM on the MIP, localisation accuracy tables and plots."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from napari_cycleulm.evaluate import (
     write_rows_csv,
 )
 from napari_cycleulm.io import read_stack, write_stack
-from napari_cycleulm.metrics import fwhm
+from napari_cycleulm.evaluate.metrics import fwhm
 from napari_cycleulm.tables import Localisations
 
 GAUSS_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM / sigma
@@ -173,8 +173,8 @@ def test_fwhm_of_an_oblique_line_and_a_path():
 
 def test_profile_along_is_the_metrics_path_profile():
     """One sampler: evaluate.profile_along only chooses the number of samples (4 per px by default)."""
-    import napari_cycleulm.evaluate as evaluate
-    from napari_cycleulm.metrics import path_profile
+    import napari_cycleulm.evaluate.studies as evaluate
+    from napari_cycleulm.evaluate.metrics import path_profile
 
     img = _ridge(1.5, angle=0.3)
     path = [[10.0, 12.0], [40.5, 31.0], [45.0, 50.0]]

@@ -378,7 +378,7 @@ def simulate_iq(n_frames=60, height=48, width=48, seed=2, tissue_db=20.0, drift_
 def test_iq_through_the_pipeline_filter_equals_prefiltered_iq(tmp_path, one_torch_thread):
     """Baseline 2 on IQ read from a MAT v7.3 file with clutter_filter=svd:N scores as on the same IQ
     filtered first by clutter_filtered (the issue asks within 0.02; the two are the same frames)."""
-    from napari_cycleulm.metrics import match_localisations
+    from napari_cycleulm.evaluate.metrics import match_localisations
     from napari_cycleulm.pipeline import run_pipeline
     from napari_cycleulm.preprocess import ClutterFilter, clutter_filtered
 

@@ -1,4 +1,4 @@
-"""Specification of napari_cycleulm.metrics."""
+"""Specification of napari_cycleulm.evaluate.metrics."""
 
 import json
 import math
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.metrics import (
+from napari_cycleulm.evaluate.metrics import (
     MatchResult,
     cnr_db,
     evaluate_to_json,
@@ -226,7 +226,7 @@ def test_match_large_tables_quickly_and_correctly():
 
 def test_match_dense_group_maximises_matches():
     # Both the dense and the sparse solver of a large group give the same optimum.
-    import napari_cycleulm.metrics as m
+    import napari_cycleulm.evaluate.metrics as m
 
     rng = np.random.default_rng(2)
     gt = np.column_stack([np.zeros(400), rng.uniform(0, 20, 400), rng.uniform(0, 20, 400)])

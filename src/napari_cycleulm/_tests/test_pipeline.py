@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.metrics import match_localisations
+from napari_cycleulm.evaluate.metrics import match_localisations
 from napari_cycleulm.pipeline import PIPELINES, iter_pipeline, run_pipeline
 from napari_cycleulm.progress import Cancelled
 from napari_cycleulm.psf import PSF

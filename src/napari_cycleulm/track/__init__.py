@@ -11,7 +11,7 @@
   :func:`~.motion_prior.link_with_prior`).
 
 Track-level scores against ground-truth tracks (links, false links, lengths)
-live in :mod:`napari_cycleulm.track_metrics`.
+live in :mod:`napari_cycleulm.evaluate.track_metrics`.
 
 This package re-exports the public names of :mod:`.linker`
 (``from napari_cycleulm.track import Linker, track, max_distance_for``).

@@ -39,12 +39,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._atomic import write_text_atomic
-from ._json import jsonable
-from .errors import CycleULMError
-from .io import LazyStack, _is_lazy_array, magnitude
+from .._atomic import write_text_atomic
+from .._json import jsonable
+from ..errors import CycleULMError
+from ..io import LazyStack, _is_lazy_array, magnitude
 from .metrics import cnr_db, fwhm, match_localisations, path_profile, precision_recall_sweep
-from .tables import PointTable
+from ..tables import PointTable
 
 __all__ = [
     "CNRResult",

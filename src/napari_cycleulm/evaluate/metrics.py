@@ -19,10 +19,10 @@ from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
-from ._atomic import write_text_atomic
-from ._json import jsonable
-from .errors import CycleULMError
-from .tables import PointTable
+from .._atomic import write_text_atomic
+from .._json import jsonable
+from ..errors import CycleULMError
+from ..tables import PointTable
 
 __all__ = [
     "MatchResult",

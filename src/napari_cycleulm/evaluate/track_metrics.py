@@ -2,7 +2,7 @@
 
 A *link* is a pair of consecutive rows of one track (by frame; interpolated
 rows are skipped).  Output points are first matched to ground-truth points of
-the same frame (:func:`~napari_cycleulm.metrics.match_localisations`, within
+the same frame (:func:`~napari_cycleulm.evaluate.metrics.match_localisations`, within
 ``tolerance`` pixels), which gives each output point the ground-truth
 ``track_id`` of its match, or none.  Then
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import CycleULMError
+from ..errors import CycleULMError
 from .metrics import match_localisations
-from .tables import PointTable
+from ..tables import PointTable
 
 __all__ = ["LENGTH_BINS", "TrackScore", "length_summary", "score_tracks"]
 
