@@ -43,7 +43,7 @@ from napari_cycleulm.progress import drive
 from napari_cycleulm.psf import estimate_psf_auto
 from napari_cycleulm.render import SRRenderer, to_png
 from napari_cycleulm.simulate import simulate
-from napari_cycleulm.tables import Tracks
+from napari_cycleulm.io.tables import Tracks
 
 
 def ground_truth_map(sim, upsampling: int) -> np.ndarray:

@@ -77,7 +77,7 @@ def synthetic_tables(n_frames: int, n_bubbles: int = 50, field: int = 512, seed:
     straight lines (0.5-3 px/frame, random direction, 0.1 px jitter); rows are
     sorted by frame, as the pipeline writes them.
     """
-    from napari_cycleulm.tables import Localisations, Tracks
+    from napari_cycleulm.io.tables import Localisations, Tracks
 
     rng = np.random.default_rng(seed)
     tids, frames, next_id = [], [], 0

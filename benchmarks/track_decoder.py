@@ -47,7 +47,7 @@ from napari_cycleulm._atomic import write_text_atomic
 from napari_cycleulm._json import jsonable
 from napari_cycleulm.track.motion_prior import VelocityPrior, velocity_field_from_tracks
 from napari_cycleulm.simulate import simulate
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 from napari_cycleulm.track import track
 from napari_cycleulm.evaluate.track_metrics import score_tracks
 

@@ -9,6 +9,6 @@ edges (command line, exports, displays).
 __version__ = "0.1.0"
 
 from .errors import CycleULMError
-from .tables import Localisations, Tracks
+from .io.tables import Localisations, Tracks
 
 __all__ = ["CycleULMError", "Localisations", "Tracks", "__version__"]

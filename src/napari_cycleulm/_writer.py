@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import CycleULMError
 from .io import write_stack
-from .tables import Localisations, Tracks
+from .io.tables import Localisations, Tracks
 
 log = logging.getLogger(__name__)
 

@@ -152,7 +152,7 @@ def cmd_simulate(args) -> int:
 
 def cmd_psf(args) -> int:
     from .psf import estimate_psf, estimate_psf_auto
-    from .tables import Localisations
+    from .io.tables import Localisations
 
     path = Path(args.input)
     check_output_file(args.out, inputs=[path, args.points], overwrite=args.overwrite,
@@ -183,7 +183,7 @@ def cmd_psf(args) -> int:
 def cmd_evaluate(args) -> int:
     from ._atomic import write_text_atomic
     from .evaluate.metrics import match_localisations
-    from .tables import Localisations
+    from .io.tables import Localisations
 
     out = args.out or str(Path(args.detections).with_suffix(".evaluation.json"))
     inputs = [args.ground_truth, args.detections]

@@ -37,7 +37,7 @@ from ._json import jsonable
 from .errors import CycleULMError
 from .evaluate import mip as _mip  # the one MIP (NaN ignored); `mip` is an export_run flag
 from .render import SRMaps, colormap_from, to_png, write_normalised_png
-from .tables import PointTable, Tracks
+from .io.tables import PointTable, Tracks
 
 __all__ = [
     "ExportReport",

@@ -21,7 +21,7 @@ from scipy import ndimage, optimize
 from ._atomic import write_text_atomic
 from .arrays import as_frames, robust_sigma
 from .errors import CycleULMError
-from .tables import PointTable
+from .io.tables import PointTable
 
 #: FWHM = FWHM_PER_SIGMA * sigma for a Gaussian (2 sqrt(2 ln 2) = 2.3548...); the
 #: one definition, imported by the simulator and the localisers.

@@ -35,7 +35,7 @@ import numpy as np
 
 from ._atomic import atomic_path
 from .errors import CycleULMError
-from .tables import PointTable
+from .io.tables import PointTable
 
 __all__ = [
     "SRMaps",

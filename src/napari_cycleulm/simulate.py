@@ -110,7 +110,7 @@ from ._json import jsonable
 from .arrays import intensity_reference
 from .errors import CycleULMError
 from .psf import FWHM_PER_SIGMA
-from .tables import Localisations
+from .io.tables import Localisations
 
 __all__ = ["PRESETS", "Simulation", "isolated_positions", "load_simulation", "save_simulation", "simulate"]
 

@@ -31,7 +31,7 @@ from . import io as ulm_io
 from .arrays import intensity_scale
 from .errors import CycleULMError
 from .progress import Progress
-from .tables import Localisations
+from .io.tables import Localisations
 
 #: Frames read at the start of a run to estimate the PSF ("auto") and the intensity scale.
 CALIBRATION_FRAMES = 100

@@ -27,7 +27,7 @@ import numpy as np
 
 from .errors import CycleULMError
 from .psf import PSF
-from .tables import Localisations
+from .io.tables import Localisations
 
 #: Gaussian tails beyond this many sigmas are not rendered in sequences (< 3.4e-4 of the peak).
 _TAIL_SIGMAS = 4.0

@@ -67,7 +67,7 @@ from .progress import Progress, drive
 from .psf import PSF
 from .roi import count_patches, patch_corners, rois_to_mask
 from .synthetic import SyntheticConfig, synthetic_patches, synthetic_sequences
-from .tables import Localisations
+from .io.tables import Localisations
 
 __all__ = [
     "DEFAULT_GENERALIST_SIGMA_RANGE_PX",

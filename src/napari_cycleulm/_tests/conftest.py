@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_cycleulm.psf import gaussian_kernel
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 
 
 def draw_bubbles(shape, points, sigma=(1.5, 2.0), amplitudes=None):

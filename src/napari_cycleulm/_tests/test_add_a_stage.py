@@ -9,7 +9,7 @@ from scipy import ndimage
 from napari_cycleulm import stages
 from napari_cycleulm.pipeline import PipelineSpec, run_pipeline
 from napari_cycleulm.simulate import simulate
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 
 
 def brightest_pixels(frames, psf, *, threshold, absolute_threshold=True, **_):

@@ -9,7 +9,7 @@ import pytest
 
 from napari_cycleulm.cli import main
 from napari_cycleulm.psf import PSF
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from napari_cycleulm._widgets._display import (  # noqa: E402
 )
 from napari_cycleulm._widgets._layers import GENERATED_KEY  # noqa: E402
 from napari_cycleulm.errors import CycleULMError  # noqa: E402
-from napari_cycleulm.tables import Localisations, Tracks  # noqa: E402
+from napari_cycleulm.io.tables import Localisations, Tracks  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

@@ -17,7 +17,7 @@ from napari_cycleulm.io import frame_range, read_stack, write_stack
 from napari_cycleulm.pipeline import RunPlan, process_block, run_pipeline
 from napari_cycleulm.render import PowerDopplerAccumulator, SRRenderer
 from napari_cycleulm.simulate import simulate
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 
 distributed = pytest.importorskip("distributed")
 

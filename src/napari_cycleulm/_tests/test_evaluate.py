@@ -28,7 +28,7 @@ from napari_cycleulm.evaluate import (
 )
 from napari_cycleulm.io import read_stack, write_stack
 from napari_cycleulm.evaluate.metrics import fwhm
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 
 GAUSS_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))  # FWHM / sigma
 

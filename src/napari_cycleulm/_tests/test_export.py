@@ -27,7 +27,7 @@ from napari_cycleulm.export import (
 from napari_cycleulm.io import read_stack, read_table
 from napari_cycleulm.pipeline import PipelineResult, write_maps
 from napari_cycleulm.render import SRRenderer
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 
 
 def _bar(png_path):

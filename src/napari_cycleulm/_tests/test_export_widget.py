@@ -16,7 +16,7 @@ from napari_cycleulm._widgets.export_widget import ExportWidget  # noqa: E402
 from napari_cycleulm.export import read_map_tiff  # noqa: E402
 from napari_cycleulm.io import read_table  # noqa: E402
 from napari_cycleulm.render import SRRenderer  # noqa: E402
-from napari_cycleulm.tables import Tracks  # noqa: E402
+from napari_cycleulm.io.tables import Tracks  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

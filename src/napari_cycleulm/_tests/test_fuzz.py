@@ -27,7 +27,7 @@ from napari_cycleulm.cli import main
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.io import read_stack, read_table
 from napari_cycleulm.psf import MAX_SIGMA_PX, PSF
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 
 #: Examples per fuzz test (the total per run is their sum, see test_fuzz_case_count).
 FUZZ_EXAMPLES = {

@@ -10,7 +10,7 @@ import tifffile
 
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.io import LazyStack, iter_blocks, read_stack, read_table, write_stack
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 
 
 @pytest.fixture

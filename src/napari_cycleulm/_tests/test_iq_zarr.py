@@ -424,7 +424,7 @@ def test_cli_run_keeps_the_phase_of_iq_input(tmp_path, capsys):
     run = json.loads((out / "run.json").read_text())
     assert run["params"]["clutter_filter"]["method"] == "svd:3"
     expected = run_pipeline(iq, "baseline1", psf, clutter_filter=ClutterFilter("svd", 3, 20))
-    from napari_cycleulm.tables import Localisations
+    from napari_cycleulm.io.tables import Localisations
 
     got = Localisations.from_csv(out / "localisations.csv")
     assert len(got) == len(expected.localisations) > 0

@@ -17,7 +17,7 @@ from napari_cycleulm.localise import (
 )
 from napari_cycleulm.localise.decon import deconvolve, fine_to_pixel
 from napari_cycleulm.psf import PSF, gaussian_kernel
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 
 from .conftest import draw_bubbles
 

@@ -21,7 +21,7 @@ from napari_cycleulm.evaluate.metrics import (
     rmse,
     ssim,
 )
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 
 
 # -- CNR -------------------------------------------------------------------

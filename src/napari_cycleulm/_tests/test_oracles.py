@@ -20,7 +20,7 @@ from skimage.feature import match_template, peak_local_max
 
 from napari_cycleulm.localise.ncc import FLAT_FRACTION, ncc_maps
 from napari_cycleulm.localise.peaks import find_peaks
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 from napari_cycleulm.track import track
 
 

@@ -13,7 +13,7 @@ from napari_cycleulm.pipeline import PIPELINES, iter_pipeline, run_pipeline
 from napari_cycleulm.progress import Cancelled
 from napari_cycleulm.psf import PSF
 from napari_cycleulm.simulate import simulate
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 
 
 @pytest.fixture(scope="module")

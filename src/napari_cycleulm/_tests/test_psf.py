@@ -22,7 +22,7 @@ from napari_cycleulm.psf import (
     screen_bubbles,
     snap_to_maximum,
 )
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 
 from .conftest import draw_bubbles
 

@@ -9,7 +9,7 @@ from napari_cycleulm._reader import napari_get_reader
 from napari_cycleulm._writer import write_image, write_points, write_tracks
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.io import read_stack, read_table
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 
 
 def test_get_reader_accepts_supported_paths_only(tmp_path):

@@ -16,7 +16,7 @@ from napari_cycleulm.render import (
     render_velocity,
     to_png,
 )
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 
 
 def _straight(tid, y0, x0, vy, vx, n, f0=0, with_velocity=True):

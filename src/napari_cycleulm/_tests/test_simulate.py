@@ -13,7 +13,7 @@ from napari_cycleulm.simulate import (
     save_simulation,
     simulate,
 )
-from napari_cycleulm.tables import Localisations
+from napari_cycleulm.io.tables import Localisations
 
 
 @pytest.fixture(scope="module")

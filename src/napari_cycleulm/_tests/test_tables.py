@@ -10,7 +10,7 @@ import pytest
 from napari_cycleulm._atomic import atomic_path, write_text_atomic
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.progress import Cancelled, Progress, drive
-from napari_cycleulm.tables import Localisations, TableWriter, Tracks
+from napari_cycleulm.io.tables import Localisations, TableWriter, Tracks
 
 
 def test_localisations_round_trip_through_csv(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 from napari_cycleulm.track import Linker, max_distance_for, track
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.track.motion_prior import VelocityPrior, link_with_prior, velocity_field_from_tracks
-from napari_cycleulm.tables import Localisations, Tracks
+from napari_cycleulm.io.tables import Localisations, Tracks
 from napari_cycleulm.track import Linker, track
 from napari_cycleulm.evaluate.track_metrics import length_summary, score_tracks
 

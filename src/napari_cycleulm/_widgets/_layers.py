@@ -13,7 +13,7 @@ from .._json import jsonable
 from ..arrays import as_frames
 from ..errors import CycleULMError
 from ..psf import PSF
-from ..tables import Localisations, Tracks
+from ..io.tables import Localisations, Tracks
 
 PSF_METADATA_KEY = "cycleulm_psf"
 

@@ -48,7 +48,7 @@ from ..evaluate import (
 )
 from ..progress import Progress
 from ..roi import AREA_SHAPE_TYPES, rois_to_mask
-from ..tables import Localisations
+from ..io.tables import Localisations
 from ._base import StageWidget, layer_choices, unproxied
 from ._layers import (
     GENERATED_KEY,

@@ -13,7 +13,7 @@ from napari.utils.notifications import show_warning
 
 from ..errors import CycleULMError
 from ..export import ExportReport
-from ..tables import Localisations
+from ..io.tables import Localisations
 from ._base import StageWidget
 from ._layer_export import LayerExport, frame_rate_from_meta, iter_export_layers, pixel_size_from_meta
 from ._layers import GENERATED_KEY, localisations_from_points, tracks_from_layer

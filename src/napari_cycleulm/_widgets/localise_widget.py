@@ -9,7 +9,7 @@ from napari.utils.notifications import show_warning
 
 from ..models import check_psf_in_range
 from ..stages import LOCALISERS, iter_localise
-from ..tables import Localisations
+from ..io.tables import Localisations
 from ._base import StageWidget
 from ._display import show_localisations
 from ._layers import (

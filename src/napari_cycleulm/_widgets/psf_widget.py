@@ -25,7 +25,7 @@ from qtpy.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QVBoxLayout
 from .. import __version__
 from ..errors import CycleULMError
 from ..progress import Progress
-from ..tables import Localisations
+from ..io.tables import Localisations
 from ..psf import (
     RELIABLE_BUBBLES,
     PSFEstimate,

@@ -7,7 +7,7 @@ from magicgui.widgets import FloatSpinBox, SpinBox
 from napari.layers import Points
 
 from ..progress import Progress
-from ..tables import Tracks
+from ..io.tables import Tracks
 from ..track import Linker
 from ._base import StageWidget
 from ._display import show_tracks

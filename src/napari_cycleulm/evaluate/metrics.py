@@ -22,7 +22,7 @@ from scipy.spatial import cKDTree
 from .._atomic import write_text_atomic
 from .._json import jsonable
 from ..errors import CycleULMError
-from ..tables import PointTable
+from ..io.tables import PointTable
 
 __all__ = [
     "MatchResult",

@@ -42,9 +42,9 @@ import numpy as np
 from .._atomic import write_text_atomic
 from .._json import jsonable
 from ..errors import CycleULMError
-from ..io import LazyStack, _is_lazy_array, magnitude
+from ..io.stacks import LazyStack, _is_lazy_array, magnitude
 from .metrics import cnr_db, fwhm, match_localisations, path_profile, precision_recall_sweep
-from ..tables import PointTable
+from ..io.tables import PointTable
 
 __all__ = [
     "CNRResult",

@@ -32,7 +32,7 @@ import numpy as np
 
 from ..errors import CycleULMError
 from .metrics import match_localisations
-from ..tables import PointTable
+from ..io.tables import PointTable
 
 __all__ = ["LENGTH_BINS", "TrackScore", "length_summary", "score_tracks"]
 

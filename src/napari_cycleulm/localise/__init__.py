@@ -3,14 +3,14 @@
 :func:`localise` dispatches to :func:`~.ncc.localise_ncc` (``method="ncc"``),
 :func:`~.decon.localise_decon` (``method="decon"``) or
 :func:`~.mblnet.localise_mblnet` (``method="mblnet"``, on MB-only frames; takes
-``model=``).  All return :class:`~napari_cycleulm.tables.Localisations` with
+``model=``).  All return :class:`~napari_cycleulm.io.tables.Localisations` with
 columns ``frame, y, x, intensity, score`` in pixels.
 """
 
 from __future__ import annotations
 
 from ..errors import CycleULMError
-from ..tables import Localisations
+from ..io.tables import Localisations
 from .decon import deconvolve, localise_decon
 from .mblnet import localise_mblnet
 from .ncc import localise_ncc, ncc_maps

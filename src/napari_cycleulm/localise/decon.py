@@ -49,7 +49,7 @@ from ..arrays import as_frames
 from ..device import resolve_device
 from ..errors import CycleULMError
 from ..psf import PSF, gaussian_kernel
-from ..tables import Localisations
+from ..io.tables import Localisations
 from ._common import check_kernel_fits, fast_len, psf_kernel
 from .peaks import find_peaks
 

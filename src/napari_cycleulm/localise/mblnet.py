@@ -35,7 +35,7 @@ from ..arrays import as_frames, as_image
 from ..errors import CycleULMError
 from ..models import resolve_network
 from ..nets import MBLNET_CHANNELS
-from ..tables import Localisations
+from ..io.tables import Localisations
 from .peaks import find_peaks
 
 __all__ = ["localise_mblnet", "mblnet_maps", "decode_mblnet"]

@@ -15,7 +15,7 @@ import torch
 from ..arrays import as_frames
 from ..device import resolve_device
 from ..errors import CycleULMError
-from ..tables import Localisations
+from ..io.tables import Localisations
 from ._common import check_kernel_fits, fast_len, psf_kernel
 from .peaks import SUBPIXEL_METHODS, find_peaks, refine_subpixel
 

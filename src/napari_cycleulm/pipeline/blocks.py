@@ -32,7 +32,7 @@ from .. import io as ulm_io
 from ..errors import CycleULMError
 from ..render import PowerDopplerAccumulator
 from ..stages import DENOISERS, get_denoiser, localise_block
-from ..tables import Localisations
+from ..io.tables import Localisations
 from .specs import PipelineSpec
 
 

@@ -22,7 +22,7 @@ from ..progress import Progress, drive
 from ..psf import PSF, PSFEstimate, check_psf_extent
 from ..render import PowerDopplerAccumulator, SRRenderer
 from ..stages import LOCALISERS, calibration_frames, get_denoiser, run_scale
-from ..tables import Localisations, TableWriter, Tracks
+from ..io.tables import Localisations, TableWriter, Tracks
 from ..track import Linker
 from .blocks import BlockResult, RunPlan, WindowPlan, process_block
 from .specs import E2E_NO_TABLES, PIPELINES, PipelineResult, PipelineSpec

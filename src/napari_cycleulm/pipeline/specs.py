@@ -15,7 +15,7 @@ import numpy as np
 from ..e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
 from ..render import SRMaps
 from ..stages import DENOISERS, LOCALISERS
-from ..tables import Localisations, Tracks
+from ..io.tables import Localisations, Tracks
 
 
 @dataclass(frozen=True)

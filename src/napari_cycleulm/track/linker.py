@@ -82,7 +82,7 @@ from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from ..errors import CycleULMError
-from ..tables import Localisations, PointTable, Tracks
+from ..io.tables import Localisations, PointTable, Tracks
 
 __all__ = ["Linker", "track", "max_distance_for"]
 

@@ -32,7 +32,7 @@ from scipy import ndimage
 
 from ..errors import CycleULMError
 from ..render import sr_coordinates
-from ..tables import Tracks
+from ..io.tables import Tracks
 
 __all__ = ["VelocityPrior", "link_with_prior", "velocity_field_from_tracks"]
 

@@ -43,9 +43,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ._atomic import atomic_path
-from .arrays import as_frames
-from .errors import CycleULMError
+from .._atomic import atomic_path
+from ..arrays import as_frames
+from ..errors import CycleULMError
 from .tables import Localisations, Tracks
 
 __all__ = [
@@ -535,7 +535,7 @@ def _npy_layout(path: Path):
     need = offset + int(np.prod(shape, dtype=object)) * dtype.itemsize
     have = os.path.getsize(path)
     if have < need:
-        from ._resources import format_bytes
+        from .._resources import format_bytes
 
         raise CycleULMError(
             f"{path} is truncated or its header is wrong: it declares shape {tuple(shape)} of "
@@ -947,7 +947,7 @@ def write_stack(path: str | os.PathLike, frames, *, chunk_frames: int | None = N
 def _write_zarr(p: Path, shape, dtype, read, chunk_frames) -> None:
     import zarr
 
-    from ._atomic import staged_dir
+    from .._atomic import staged_dir
 
     n = shape[0]
     chunk = int(chunk_frames) if chunk_frames is not None else _default_chunk_frames(shape, dtype)

@@ -16,8 +16,8 @@ from typing import ClassVar
 
 import numpy as np
 
-from ._atomic import atomic_path
-from .errors import CycleULMError
+from .._atomic import atomic_path
+from ..errors import CycleULMError
 
 #: Columns stored as integers; every other column is float64.
 INTEGER_COLUMNS = ("frame", "track_id", "sequence")
