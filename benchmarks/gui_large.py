@@ -2,7 +2,7 @@
 
 Compares what the widgets did before (``points_kwargs`` / ``tracks_kwargs`` +
 ``add_result``: every row in one layer, "naive") with
-``_widgets._display.show_localisations`` (windowed Points) and ``show_tracks``
+``_napari.widgets._display.show_localisations`` (windowed Points) and ``show_tracks``
 (thinned Tracks), on a synthetic table: 50 bubbles in every frame, each
 moving on a straight line at 0.5-3 px/frame for 6-14 frames (a track), in a
 512 x 512 field, with ``intensity`` / ``score`` / ``vy`` / ``vx`` columns.  A
@@ -119,8 +119,8 @@ def run_case(name: str, n_frames: int, steps: int, naive_budget_s: float) -> dic
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_cycleulm._widgets._display import show_localisations, show_tracks
-    from napari_cycleulm._widgets._layers import add_result, points_kwargs, tracks_kwargs
+    from napari_cycleulm._napari.widgets._display import show_localisations, show_tracks
+    from napari_cycleulm._napari.widgets._layers import add_result, points_kwargs, tracks_kwargs
 
     what, how, size, kwargs = CASES[name]
     n_frames = size or n_frames

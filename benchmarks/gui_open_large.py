@@ -66,7 +66,7 @@ def measure(path: Path, run_frames: int, block_size: int) -> dict:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME
+    from napari_cycleulm._napari.widgets.workflow_widget import PLUGIN_NAME
 
     app = QApplication.instance() or QApplication([])
     rss0 = peak_rss_mb()

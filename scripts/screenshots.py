@@ -69,8 +69,8 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_cycleulm.pipeline import PIPELINES
-    from napari_cycleulm._widgets._layers import parse_result_name, result_name
-    from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME
+    from napari_cycleulm._napari.widgets._layers import parse_result_name, result_name
+    from napari_cycleulm._napari.widgets.workflow_widget import PLUGIN_NAME
 
     def is_density(layer) -> bool:
         parsed = parse_result_name(layer.name)

@@ -1,7 +1,7 @@
 """napari-cycleulm: ultrasound localisation microscopy with the CycleULM framework.
 
 The package is a headless library (no Qt, no napari) plus thin napari widgets
-in :mod:`napari_cycleulm._widgets`.  Coordinates are ``(frame, y, x)`` in
+in :mod:`napari_cycleulm._napari.widgets`.  Coordinates are ``(frame, y, x)`` in
 pixels everywhere inside the library; physical units are applied only at the
 edges (command line, exports, displays).
 """

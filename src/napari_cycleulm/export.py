@@ -11,7 +11,7 @@
   optionally with physical-unit columns (:func:`with_physical_units`).
 * A whole ``cycleulm run`` folder (or loose files): :func:`export_run`, used by
   ``cycleulm export``.  napari layers are exported by the Export widget with
-  these functions (``_widgets/_layer_export.py``: reading a layer's state is
+  these functions (``_napari/widgets/_layer_export.py``: reading a layer's state is
   napari's business, not the core's).
 
 Every file is written atomically; each export also writes an ``export.json``

@@ -43,7 +43,7 @@ def test_a_registered_localiser_runs_in_a_pipeline_and_streams(toy_registered):
 
 @pytest.mark.gui
 def test_a_registered_localiser_appears_in_the_localise_dock(toy_registered, make_napari_viewer):
-    from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME
+    from napari_cycleulm._napari.widgets.workflow_widget import PLUGIN_NAME
 
     viewer = make_napari_viewer()
     dock = viewer.window.add_plugin_dock_widget(PLUGIN_NAME, "Localise")[1]

@@ -22,10 +22,9 @@ import napari_cycleulm
 PACKAGE = "napari_cycleulm"
 PACKAGE_DIR = Path(napari_cycleulm.__file__).resolve().parent
 
-#: Modules allowed to know napari and Qt: the widgets and the hooks named in
-#: napari.yaml.  Everything else is the headless core.
-NAPARI_SIDE = (f"{PACKAGE}._widgets", f"{PACKAGE}._reader", f"{PACKAGE}._writer",
-               f"{PACKAGE}._sample_data")
+#: Modules allowed to know napari and Qt: the ``_napari`` subpackage (the
+#: widgets and the hooks named in napari.yaml).  Everything else is the headless core.
+NAPARI_SIDE = (f"{PACKAGE}._napari",)
 TESTS = f"{PACKAGE}._tests"
 
 #: Top-level names that must never appear in ``sys.modules`` after importing the core.

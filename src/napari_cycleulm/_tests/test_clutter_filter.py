@@ -137,9 +137,9 @@ def test_cli_runs_the_filter_and_records_it(tmp_path, capsys):
 @pytest.mark.gui
 def test_pipeline_dock_runs_the_chosen_clutter_filter_like_the_core(make_napari_viewer, qtbot):
     pytest.importorskip("napari")
-    from napari_cycleulm._sample_data import make_sample
+    from napari_cycleulm._napari.sample_data import make_sample
     from napari_cycleulm._tests._gui import run_widget
-    from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME
+    from napari_cycleulm._napari.widgets.workflow_widget import PLUGIN_NAME
 
     (frames, img_kw, _), _ = make_sample()
     frames = frames[:40].copy()

@@ -1,4 +1,4 @@
-"""Large tables in napari: windowed Points, thinned Tracks (``_widgets/_display.py``)."""
+"""Large tables in napari: windowed Points, thinned Tracks (``_napari/widgets/_display.py``)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_cycleulm._widgets._display import (  # noqa: E402
+from napari_cycleulm._napari.widgets._display import (  # noqa: E402
     DISPLAY_KEY,
     FrameWindow,
     full_table,
@@ -15,7 +15,7 @@ from napari_cycleulm._widgets._display import (  # noqa: E402
     show_tracks,
     thin_tracks,
 )
-from napari_cycleulm._widgets._layers import GENERATED_KEY  # noqa: E402
+from napari_cycleulm._napari.widgets._layers import GENERATED_KEY  # noqa: E402
 from napari_cycleulm.errors import CycleULMError  # noqa: E402
 from napari_cycleulm.io.tables import Localisations, Tracks  # noqa: E402
 
@@ -312,7 +312,7 @@ def test_bad_input_is_refused_with_clear_errors(viewer_ref):
 
 def test_the_next_stages_read_the_full_tables_not_the_displayed_part(viewer_ref):
     """Track and Render read layers through ``_layers``: a windowed / thinned layer gives its full table."""
-    from napari_cycleulm._widgets._layers import localisations_from_points, tracks_from_layer
+    from napari_cycleulm._napari.widgets._layers import localisations_from_points, tracks_from_layer
 
     viewer, ref = viewer_ref
     locs = _locs()

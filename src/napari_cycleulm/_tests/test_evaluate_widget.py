@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_cycleulm._tests._gui import wait_for_worker  # noqa: E402
-from napari_cycleulm._widgets.evaluate_widget import (  # noqa: E402
+from napari_cycleulm._napari.widgets.evaluate_widget import (  # noqa: E402
     BACKGROUND_LAYER,
     LINE_LAYER,
     SIGNAL_LAYER,
@@ -191,7 +191,7 @@ def test_accuracy_mistakes(eval_viewer, qtbot):
 
 def test_on_the_sample_with_mb_dt_and_mips(make_napari_viewer, qtbot):
     """The sample data cropped, translated by the shipped MB-DT; the widget equals the library."""
-    from napari_cycleulm._sample_data import make_sample
+    from napari_cycleulm._napari.sample_data import make_sample
     from napari_cycleulm.translate import translate
 
     viewer = make_napari_viewer()

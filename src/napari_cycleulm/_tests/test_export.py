@@ -8,10 +8,10 @@ import matplotlib.image as mpimg
 import numpy as np
 import pytest
 
-from napari_cycleulm._writer import write_image
+from napari_cycleulm._napari.writer import write_image
 from napari_cycleulm.cli import main
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm._widgets._layer_export import LayerExport, export_layers, pixel_size_from_meta
+from napari_cycleulm._napari.widgets._layer_export import LayerExport, export_layers, pixel_size_from_meta
 from napari_cycleulm.export import (
     export_maps,
     export_run,
@@ -185,7 +185,7 @@ def test_write_png_automatic_range_is_to_pngs_whatever_the_colormap_form(tmp_pat
 
 
 def test_the_core_knows_no_napari_layers():
-    """Layer-state parsing and layer snapshots live on the napari side (_widgets/_layer_export.py)."""
+    """Layer-state parsing and layer snapshots live on the napari side (_napari/widgets/_layer_export.py)."""
     import napari_cycleulm.export as export
 
     for name in ("LayerExport", "export_layers", "iter_export_layers", "pixel_size_from_meta",

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_cycleulm._tests._gui import wait_for_worker  # noqa: E402
-from napari_cycleulm._widgets._layers import GENERATED_KEY  # noqa: E402
-from napari_cycleulm._widgets.export_widget import ExportWidget  # noqa: E402
+from napari_cycleulm._napari.widgets._layers import GENERATED_KEY  # noqa: E402
+from napari_cycleulm._napari.widgets.export_widget import ExportWidget  # noqa: E402
 from napari_cycleulm.export import read_map_tiff  # noqa: E402
 from napari_cycleulm.io import read_table  # noqa: E402
 from napari_cycleulm.render import SRRenderer  # noqa: E402

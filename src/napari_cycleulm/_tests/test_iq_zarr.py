@@ -14,9 +14,9 @@ import pytest
 import scipy.io
 import scipy.ndimage as ndi
 
-from napari_cycleulm import _reader
-from napari_cycleulm._reader import IQ_METADATA_KEY, napari_get_reader
-from napari_cycleulm._writer import write_image
+from napari_cycleulm._napari import reader as _reader
+from napari_cycleulm._napari.reader import IQ_METADATA_KEY, napari_get_reader
+from napari_cycleulm._napari.writer import write_image
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.io import LazyStack, iter_blocks, magnitude, read_stack, to_dask, write_stack
 

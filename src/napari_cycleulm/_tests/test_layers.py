@@ -20,7 +20,7 @@ from napari_cycleulm.errors import CycleULMError  # noqa: E402
 from napari_cycleulm._tests._gui import elide_middle  # noqa: E402
 from napari_cycleulm.render import SRRenderer  # noqa: E402
 from napari_cycleulm.io.tables import Tracks  # noqa: E402
-from napari_cycleulm._widgets._layers import (  # noqa: E402
+from napari_cycleulm._napari.widgets._layers import (  # noqa: E402
     GENERATED_KEY, METHOD_RESULTS, RERUN_MODES, RESULT_KEY, SR_MAPS, add_result, add_sr_layers, geometry_of,
     is_sr_map, origin_of, parse_result_name, result_metadata, result_name, sr_layer_kwargs, to_layer_coords,
 )

@@ -20,8 +20,8 @@ import npe2  # noqa: E402
 from napari.layers import Image  # noqa: E402
 
 from napari_cycleulm._tests._gui import run_widget  # noqa: E402
-from napari_cycleulm import _sample_data  # noqa: E402
-from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME, TOOLS  # noqa: E402
+from napari_cycleulm._napari import sample_data as _sample_data  # noqa: E402
+from napari_cycleulm._napari.widgets.workflow_widget import PLUGIN_NAME, TOOLS  # noqa: E402
 
 pytestmark = pytest.mark.gui
 
@@ -65,8 +65,8 @@ def test_the_manifest_lists_every_widget_module():
     listed = {command.python_name.split(":")[0] for _, command in WIDGETS}
     from pathlib import Path
 
-    widgets_dir = Path(importlib.import_module("napari_cycleulm._widgets").__file__).parent
-    modules = {f"napari_cycleulm._widgets.{p.stem}" for p in widgets_dir.glob("*_widget.py")}
+    widgets_dir = Path(importlib.import_module("napari_cycleulm._napari.widgets").__file__).parent
+    modules = {f"napari_cycleulm._napari.widgets.{p.stem}" for p in widgets_dir.glob("*_widget.py")}
     assert modules == listed
     assert set(TOOLS.values()) <= {name for name, _ in WIDGETS}
 

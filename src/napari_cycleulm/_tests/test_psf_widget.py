@@ -12,11 +12,11 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_cycleulm._sample_data import make_sample  # noqa: E402
+from napari_cycleulm._napari.sample_data import make_sample  # noqa: E402
 from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
-from napari_cycleulm._widgets import _base  # noqa: E402
-from napari_cycleulm._widgets._layers import PSF_METADATA_KEY, psf_from_layer  # noqa: E402
-from napari_cycleulm._widgets.psf_widget import PSFWidget, _camera  # noqa: E402
+from napari_cycleulm._napari.widgets import _base  # noqa: E402
+from napari_cycleulm._napari.widgets._layers import PSF_METADATA_KEY, psf_from_layer  # noqa: E402
+from napari_cycleulm._napari.widgets.psf_widget import PSFWidget, _camera  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

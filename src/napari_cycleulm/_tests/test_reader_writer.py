@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_cycleulm import _reader
-from napari_cycleulm._reader import napari_get_reader
-from napari_cycleulm._writer import write_image, write_points, write_tracks
+from napari_cycleulm._napari import reader as _reader
+from napari_cycleulm._napari.reader import napari_get_reader
+from napari_cycleulm._napari.writer import write_image, write_points, write_tracks
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.io import read_stack, read_table
 from napari_cycleulm.io.tables import Localisations, Tracks

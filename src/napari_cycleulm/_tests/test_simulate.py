@@ -245,7 +245,7 @@ def test_bad_arguments_raise(kwargs, match):
 
 
 def test_make_sample_returns_image_and_hidden_points():
-    from napari_cycleulm._sample_data import make_sample
+    from napari_cycleulm._napari.sample_data import make_sample
 
     layers = make_sample()
     assert [lt[2] for lt in layers] == ["image", "points"]

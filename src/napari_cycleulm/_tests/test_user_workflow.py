@@ -19,7 +19,7 @@ pytest.importorskip("napari")
 from napari_cycleulm.pipeline import PIPELINES  # noqa: E402
 from napari_cycleulm.simulate import isolated_positions  # noqa: E402
 from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
-from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME  # noqa: E402
+from napari_cycleulm._napari.widgets.workflow_widget import PLUGIN_NAME  # noqa: E402
 
 pytestmark = pytest.mark.gui
 

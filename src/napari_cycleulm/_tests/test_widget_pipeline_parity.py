@@ -13,10 +13,10 @@ import pytest
 
 pytest.importorskip("napari")
 
-from napari_cycleulm._sample_data import make_sample  # noqa: E402
+from napari_cycleulm._napari.sample_data import make_sample  # noqa: E402
 from napari_cycleulm._tests._gui import run_widget  # noqa: E402
-from napari_cycleulm._widgets._layers import PSF_METADATA_KEY  # noqa: E402
-from napari_cycleulm._widgets.workflow_widget import PLUGIN_NAME  # noqa: E402
+from napari_cycleulm._napari.widgets._layers import PSF_METADATA_KEY  # noqa: E402
+from napari_cycleulm._napari.widgets.workflow_widget import PLUGIN_NAME  # noqa: E402
 from napari_cycleulm.pipeline import run_pipeline  # noqa: E402
 from napari_cycleulm.psf import estimate_psf_auto  # noqa: E402
 

@@ -11,20 +11,20 @@ import json  # noqa: E402
 import warnings  # noqa: E402
 
 import napari_cycleulm  # noqa: E402
-from napari_cycleulm._sample_data import make_sample  # noqa: E402
-from napari_cycleulm._widgets import _base, track_widget  # noqa: E402
-from napari_cycleulm._widgets._layers import (  # noqa: E402
+from napari_cycleulm._napari.sample_data import make_sample  # noqa: E402
+from napari_cycleulm._napari.widgets import _base, track_widget  # noqa: E402
+from napari_cycleulm._napari.widgets._layers import (  # noqa: E402
     GENERATED_KEY, PSF_METADATA_KEY, RERUN_MODES, RESULT_KEY, sr_layer_kwargs,
 )
 from napari_cycleulm.psf import PSF  # noqa: E402
-from napari_cycleulm._widgets.localise_widget import LocaliseWidget  # noqa: E402
-from napari_cycleulm._widgets.pipeline_widget import PipelineWidget  # noqa: E402
-from napari_cycleulm._widgets.psf_widget import PSFWidget  # noqa: E402
-from napari_cycleulm._widgets.render_widget import RenderWidget  # noqa: E402
-from napari_cycleulm._widgets.track_widget import TrackWidget  # noqa: E402
-from napari_cycleulm._widgets.denoise_widget import DenoiseWidget  # noqa: E402
-from napari_cycleulm._widgets.e2e_widget import E2EWidget  # noqa: E402
-from napari_cycleulm._widgets.translate_widget import TranslateWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.localise_widget import LocaliseWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.pipeline_widget import PipelineWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.psf_widget import PSFWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.render_widget import RenderWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.track_widget import TrackWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.denoise_widget import DenoiseWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.e2e_widget import E2EWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.translate_widget import TranslateWidget  # noqa: E402
 from napari_cycleulm._tests._tiny_nets import tiny_checkpoints  # noqa: E402
 from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
 

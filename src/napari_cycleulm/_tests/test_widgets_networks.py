@@ -13,13 +13,13 @@ import pytest
 pytest.importorskip("napari")
 
 from napari_cycleulm._tests._tiny_nets import tiny_checkpoints  # noqa: E402
-from napari_cycleulm._widgets._layers import PSF_METADATA_KEY  # noqa: E402
-from napari_cycleulm._widgets._model_picker import MODELS_METADATA_KEY, trained_models  # noqa: E402
-from napari_cycleulm._widgets._plot import PlotPanel  # noqa: E402
-from napari_cycleulm._widgets.e2e_widget import E2EWidget  # noqa: E402
-from napari_cycleulm._widgets.localise_widget import LocaliseWidget  # noqa: E402
-from napari_cycleulm._widgets.train_widget import PLOTTED_LOSSES, TrainWidget  # noqa: E402
-from napari_cycleulm._widgets.translate_widget import TranslateWidget  # noqa: E402
+from napari_cycleulm._napari.widgets._layers import PSF_METADATA_KEY  # noqa: E402
+from napari_cycleulm._napari.widgets._model_picker import MODELS_METADATA_KEY, trained_models  # noqa: E402
+from napari_cycleulm._napari.widgets._plot import PlotPanel  # noqa: E402
+from napari_cycleulm._napari.widgets.e2e_widget import E2EWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.localise_widget import LocaliseWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.train_widget import PLOTTED_LOSSES, TrainWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.translate_widget import TranslateWidget  # noqa: E402
 from napari_cycleulm.checkpoint import load_checkpoint  # noqa: E402
 from napari_cycleulm.localise import localise_mblnet  # noqa: E402
 from napari_cycleulm.stages import LOCALISERS, run_scale  # noqa: E402

@@ -13,17 +13,17 @@ pytest.importorskip("napari")
 
 from qtpy.QtCore import QTimer  # noqa: E402
 
-from napari_cycleulm import _sample_data  # noqa: E402
-from napari_cycleulm._sample_data import make_sample  # noqa: E402
+from napari_cycleulm._napari import sample_data as _sample_data  # noqa: E402
+from napari_cycleulm._napari.sample_data import make_sample  # noqa: E402
 from napari_cycleulm._tests._gui import elide_middle, run_widget, wait_for_worker  # noqa: E402
-from napari_cycleulm._widgets import _base, workflow_widget  # noqa: E402
-from napari_cycleulm._widgets._layers import (  # noqa: E402
+from napari_cycleulm._napari.widgets import _base, workflow_widget  # noqa: E402
+from napari_cycleulm._napari.widgets._layers import (  # noqa: E402
     GENERATED_KEY, PSF_METADATA_KEY, RESULT_KEY, parse_result_name, result_name,
 )
-from napari_cycleulm._widgets._model_picker import record_trained_model  # noqa: E402
-from napari_cycleulm._widgets.psf_widget import PSFWidget  # noqa: E402
-from napari_cycleulm._widgets.render_widget import RenderWidget  # noqa: E402
-from napari_cycleulm._widgets.train_widget import TrainWidget  # noqa: E402
+from napari_cycleulm._napari.widgets._model_picker import record_trained_model  # noqa: E402
+from napari_cycleulm._napari.widgets.psf_widget import PSFWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.render_widget import RenderWidget  # noqa: E402
+from napari_cycleulm._napari.widgets.train_widget import TrainWidget  # noqa: E402
 from napari_cycleulm.pipeline import PIPELINES  # noqa: E402
 from napari_cycleulm.psf import PSF  # noqa: E402
 

@@ -6,9 +6,9 @@ import napari
 from magicgui.widgets import FloatSpinBox, SpinBox
 from napari.layers import Points
 
-from ..progress import Progress
-from ..io.tables import Tracks
-from ..track import Linker
+from ...progress import Progress
+from ...io.tables import Tracks
+from ...track import Linker
 from ._base import StageWidget
 from ._display import show_tracks
 from ._layers import localisations_from_points, origin_of, result_metadata, result_name

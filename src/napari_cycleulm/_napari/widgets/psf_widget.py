@@ -22,11 +22,11 @@ from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtGui import QImage, QPixmap
 from qtpy.QtWidgets import QFrame, QGridLayout, QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from .. import __version__
-from ..errors import CycleULMError
-from ..progress import Progress
-from ..io.tables import Localisations
-from ..psf import (
+from ... import __version__
+from ...errors import CycleULMError
+from ...progress import Progress
+from ...io.tables import Localisations
+from ...psf import (
     RELIABLE_BUBBLES,
     PSFEstimate,
     bubble_patches,

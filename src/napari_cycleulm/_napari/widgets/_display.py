@@ -32,8 +32,8 @@ import numpy as np
 from napari.layers import Layer, Points
 from napari.layers import Tracks as TracksLayer
 
-from ..errors import CycleULMError
-from ..io.tables import Localisations, Tracks
+from ...errors import CycleULMError
+from ...io.tables import Localisations, Tracks
 from ._layers import RERUN_MODES, add_result, points_kwargs, tracks_kwargs
 
 #: Tables with at most this many localisations become a plain Points layer;

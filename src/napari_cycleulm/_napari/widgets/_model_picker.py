@@ -15,10 +15,10 @@ import napari
 from magicgui.widgets import ComboBox, FileEdit, Label
 from qtpy.QtCore import QEvent, QObject
 
-from ..checkpoint import Checkpoint
-from ..errors import CycleULMError
-from ..models import DEFAULT_WEIGHTS, load_model
-from ..nets import DISPLAY_NAMES
+from ...checkpoint import Checkpoint
+from ...errors import CycleULMError
+from ...models import DEFAULT_WEIGHTS, load_model
+from ...nets import DISPLAY_NAMES
 
 #: Layer metadata key: ``{kind: checkpoint path}`` of models trained on that layer.
 MODELS_METADATA_KEY = "cycleulm_models"

@@ -14,11 +14,11 @@ import napari
 from magicgui.widgets import ComboBox, SpinBox
 from napari.layers import Image, Layer
 
-from .._json import jsonable
-from ..errors import CycleULMError
-from ..pipeline import PIPELINES, PipelineResult, iter_pipeline
-from ..preprocess import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES, parse_clutter_filter
-from ..progress import Progress
+from ..._json import jsonable
+from ...errors import CycleULMError
+from ...pipeline import PIPELINES, PipelineResult, iter_pipeline
+from ...preprocess import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES, parse_clutter_filter
+from ...progress import Progress
 from ._base import StageWidget
 from ._display import show_localisations, show_tracks
 from ._layers import (
@@ -80,7 +80,7 @@ def pipeline_job(
     CycleULMError
         No or bad layer, unknown pipeline, a layer without PSF, missing weights.
     """
-    from ..models import load_model
+    from ...models import load_model
 
     frames = stack_from_layer(layer)  # lazy stays lazy: the pipeline reads it block by block
     iq = layer.metadata.get("cycleulm_iq")

@@ -13,13 +13,13 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, SpinBox
 from napari.layers import Image, Shapes
 
-from .._atomic import atomic_path
-from ..checkpoint import load_checkpoint
-from ..errors import CycleULMError
-from ..progress import Progress
-from ..roi import count_patches, rois_to_mask
-from ..preprocess import clutter_filtered, parse_clutter_filter
-from ..train import FINETUNE_MAX_FRAMES, TrainResult, iter_train_mbdt
+from ..._atomic import atomic_path
+from ...checkpoint import load_checkpoint
+from ...errors import CycleULMError
+from ...progress import Progress
+from ...roi import count_patches, rois_to_mask
+from ...preprocess import clutter_filtered, parse_clutter_filter
+from ...train import FINETUNE_MAX_FRAMES, TrainResult, iter_train_mbdt
 from ._base import StageWidget
 from .pipeline_widget import clutter_controls
 from ._layers import PSF_METADATA_KEY, add_or_replace, frames_from_layer, psf_from_layer, result_name

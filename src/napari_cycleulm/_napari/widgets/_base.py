@@ -19,8 +19,8 @@ from magicgui.widgets import ComboBox, Container, Label, ProgressBar, PushButton
 from napari.qt.threading import GeneratorWorker, create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..errors import CycleULMError
-from ..progress import Progress
+from ...errors import CycleULMError
+from ...progress import Progress
 from ._layers import RERUN_MODES
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinB
 from napari.layers import Image, Points, Tracks as TracksLayer
 from napari.utils.notifications import show_warning
 
-from ..errors import CycleULMError
-from ..export import ExportReport
-from ..io.tables import Localisations
+from ...errors import CycleULMError
+from ...export import ExportReport
+from ...io.tables import Localisations
 from ._base import StageWidget
 from ._layer_export import LayerExport, frame_rate_from_meta, iter_export_layers, pixel_size_from_meta
 from ._layers import GENERATED_KEY, localisations_from_points, tracks_from_layer

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CycleULMError
-from ..evaluate import mip
-from ..export import (
+from ...errors import CycleULMError
+from ...evaluate import mip
+from ...export import (
     FORMATS,
     ExportReport,
     _check_formats,
@@ -38,7 +38,7 @@ from ..export import (
     write_map_tiff,
     write_png,
 )
-from ..progress import Progress, drive
+from ...progress import Progress, drive
 
 __all__ = ["LayerExport", "export_layers", "frame_rate_from_meta", "iter_export_layers", "pixel_size_from_meta"]
 

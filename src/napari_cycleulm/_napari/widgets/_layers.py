@@ -8,12 +8,12 @@ import numpy as np
 import napari
 from napari.layers import Image, Layer, Points, Shapes, Tracks as TracksLayer
 
-from .. import __version__
-from .._json import jsonable
-from ..arrays import as_frames
-from ..errors import CycleULMError
-from ..psf import PSF
-from ..io.tables import Localisations, Tracks
+from ... import __version__
+from ..._json import jsonable
+from ...arrays import as_frames
+from ...errors import CycleULMError
+from ...psf import PSF
+from ...io.tables import Localisations, Tracks
 
 PSF_METADATA_KEY = "cycleulm_psf"
 
@@ -199,8 +199,8 @@ def psf_or_auto(psf_layer: Layer | None, stack, source: Layer) -> tuple[PSF, str
     CycleULMError
         When too few isolated bubbles are found for the estimate.
     """
-    from ..psf import estimate_psf_auto
-    from ..stages import calibration_frames
+    from ...psf import estimate_psf_auto
+    from ...stages import calibration_frames
 
     if psf_layer is not None and PSF_METADATA_KEY in psf_layer.metadata:
         return psf_from_layer(psf_layer), psf_layer.name

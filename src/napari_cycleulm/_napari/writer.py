@@ -2,7 +2,7 @@
 
 All files are written atomically.  Coordinates are written in pixels as
 ``(frame, y, x)`` (points) and ``(track_id, frame, y, x)`` (tracks).  An
-image's pixel size (see :func:`_widgets._layer_export.pixel_size_from_meta`) goes into the
+image's pixel size (see :func:`.widgets._layer_export.pixel_size_from_meta`) goes into the
 TIFF resolution tags and sets the length of a PNG's scale bar.
 """
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CycleULMError
-from .io import write_stack
-from .io.tables import Localisations, Tracks
+from ..errors import CycleULMError
+from ..io import write_stack
+from ..io.tables import Localisations, Tracks
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +51,8 @@ def write_image(path: str, data, meta: dict) -> list[str]:
     CycleULMError
         For a PNG of a stack of several frames or of an RGB layer.
     """
-    from ._widgets._layer_export import pixel_size_from_meta
-    from .export import write_map_tiff
+    from .widgets._layer_export import pixel_size_from_meta
+    from ..export import write_map_tiff
 
     p = Path(path)
     ext = p.suffix.lower()
@@ -97,8 +97,8 @@ def _colormap_colours(cmap):
 
 
 def _write_png(p: Path, data, meta: dict) -> Path:
-    from ._widgets._layer_export import pixel_size_from_meta
-    from .export import write_png
+    from .widgets._layer_export import pixel_size_from_meta
+    from ..export import write_png
 
     meta = meta or {}
     name = meta.get("name") or p.stem

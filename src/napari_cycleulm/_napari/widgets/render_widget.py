@@ -6,9 +6,9 @@ import napari
 from magicgui.widgets import SpinBox
 from napari.layers import Image, Tracks as TracksLayer
 
-from ..errors import CycleULMError
-from ..progress import Progress
-from ..render import SRRenderer
+from ...errors import CycleULMError
+from ...progress import Progress
+from ...render import SRRenderer
 from ._base import StageWidget
 from ._layers import UNIT_KEYS, add_sr_layers, origin_of, result_metadata, tracks_from_layer
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .io import (
+from ..io import (
     FOLDER_EXTENSIONS,
     STACK_EXTENSIONS,
     TABLE_EXTENSIONS,
@@ -28,7 +28,7 @@ from .io import (
     read_table,
     to_dask,
 )
-from .io.tables import Tracks
+from ..io.tables import Tracks
 
 #: Files above this size open lazily, as dask arrays, instead of loaded into memory.
 LAZY_ABOVE_BYTES = 2 * 1024**3

@@ -5,7 +5,7 @@ Returns plain layer-data tuples, so this module imports nothing from napari.
 
 from __future__ import annotations
 
-from .simulate import PRESETS, simulate
+from ..simulate import PRESETS, simulate
 
 
 def make_sample() -> list[tuple]:

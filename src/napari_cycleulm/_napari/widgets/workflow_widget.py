@@ -26,12 +26,12 @@ from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox
 from napari.layers import Image, Layer
 from qtpy.QtWidgets import QGroupBox, QVBoxLayout
 
-from .. import _sample_data
-from ..errors import CycleULMError
-from ..models import DEFAULT_WEIGHTS
-from ..nets import DISPLAY_NAMES
-from ..pipeline import PIPELINES
-from ..psf import PSF
+from .. import sample_data as _sample_data
+from ...errors import CycleULMError
+from ...models import DEFAULT_WEIGHTS
+from ...nets import DISPLAY_NAMES
+from ...pipeline import PIPELINES
+from ...psf import PSF
 from ._base import StageWidget
 from ._layers import GENERATED_KEY, PSF_METADATA_KEY, is_sr_map, origin_of, result_name
 from ._model_picker import DEFAULT, FILE, MODELS_METADATA_KEY, ModelPicker

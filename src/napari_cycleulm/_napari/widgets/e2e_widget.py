@@ -6,7 +6,7 @@ import napari
 from magicgui.widgets import CheckBox, SpinBox
 from napari.layers import Image
 
-from ..pipeline import PIPELINES, PipelineSpec, iter_pipeline
+from ...pipeline import PIPELINES, PipelineSpec, iter_pipeline
 from ._base import StageWidget
 from ._layers import add_sr_layers, origin_of, result_metadata, stack_from_layer
 from ._model_picker import ModelPicker

@@ -22,8 +22,8 @@ from pathlib import Path
 from magicgui.widgets import Container, PushButton
 from napari.utils.notifications import show_error, show_info
 
-from .._atomic import atomic_path
-from ..errors import CycleULMError
+from ..._atomic import atomic_path
+from ...errors import CycleULMError
 
 log = logging.getLogger(__name__)
 

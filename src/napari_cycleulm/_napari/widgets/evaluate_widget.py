@@ -31,8 +31,8 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, Label,
 from napari.layers import Image, Points, Shapes
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..errors import CycleULMError
-from ..evaluate import (
+from ...errors import CycleULMError
+from ...evaluate import (
     CNRResult,
     Profile,
     cnr_on_mip,
@@ -46,9 +46,9 @@ from ..evaluate import (
     sweep_localisations,
     write_rows_csv,
 )
-from ..progress import Progress
-from ..roi import AREA_SHAPE_TYPES, rois_to_mask
-from ..io.tables import Localisations
+from ...progress import Progress
+from ...roi import AREA_SHAPE_TYPES, rois_to_mask
+from ...io.tables import Localisations
 from ._base import StageWidget, layer_choices, unproxied
 from ._layers import (
     GENERATED_KEY,

@@ -13,9 +13,9 @@ import napari
 from magicgui.widgets import ComboBox, FloatSpinBox, SpinBox
 from napari.layers import Image
 
-from .. import io as ulm_io
-from ..progress import Progress
-from ..stages import CALIBRATION_FRAMES, run_scale
+from ... import io as ulm_io
+from ...progress import Progress
+from ...stages import CALIBRATION_FRAMES, run_scale
 from ._base import StageWidget
 from ._layers import (
     NORMALISED_KEY, add_result, geometry_of, psf_or_auto, psf_params, result_buffer, result_metadata,
@@ -44,7 +44,7 @@ class DenoiseWidget(StageWidget):
         self.finish_layout()
 
     def work(self):
-        from ..preprocess import adaptive_threshold, svd_clutter_filter
+        from ...preprocess import adaptive_threshold, svd_clutter_filter
 
         layer = self.image.value
         self._source = layer
