@@ -33,7 +33,7 @@ Pipelines (the paper's names)
 ``cycleulm-tracks``
     CycleULM-Loc's localisations linked into explicit tracks with the motion
     prior of MBT-Net's velocity maps (the paper's proposed future work,
-    :mod:`napari_cycleulm.motion_prior`): MBT-Net runs on the same MB-only
+    :mod:`napari_cycleulm.track.motion_prior`): MBT-Net runs on the same MB-only
     frames, and after the last block the linker predicts each track's next
     position from the prior velocity blended with its own.  Localisations
     are kept until then (five numbers each).

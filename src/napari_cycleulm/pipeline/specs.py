@@ -34,7 +34,7 @@ class PipelineSpec:
     #: Evidence MB-DT's output must have in the CEUS frames (:data:`napari_cycleulm.temporal.GATE_MODES`).
     gate: str = "none"
     #: Motion prior of the linker: "none" (constant-velocity Kalman) or
-    #: "mbtnet" (MBT-Net's mean velocity maps of the run, :mod:`napari_cycleulm.motion_prior`).
+    #: "mbtnet" (MBT-Net's mean velocity maps of the run, :mod:`napari_cycleulm.track.motion_prior`).
     motion_prior: str = "none"
 
     @property
