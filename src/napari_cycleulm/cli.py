@@ -452,7 +452,7 @@ def cmd_train(args) -> int:
 
     try:
         from . import train
-    except ImportError as exc:  # pragma: no cover - train.py ships with the package
+    except ImportError as exc:  # pragma: no cover - train/ ships with the package
         raise CycleULMError(f"training is not available in this installation ({exc}).") from exc
     out = check_output_file(args.out, inputs=[args.input, args.psf, args.roi, args.init],
                             overwrite=args.overwrite)

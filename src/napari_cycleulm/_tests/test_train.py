@@ -9,6 +9,7 @@ from napari_cycleulm.checkpoint import load_checkpoint
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.progress import Cancelled, drive
 from napari_cycleulm.psf import PSF
+from napari_cycleulm.synthetic import SyntheticConfig
 
 from .conftest import draw_bubbles
 
@@ -112,12 +113,12 @@ def test_mbdt_bad_input_raises(stack):
 
 
 def test_mbdt_default_init_falls_back_to_scratch_with_a_note(stack, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "_default_weights_path", lambda kind: tmp_path / "none.pt")
+    monkeypatch.setattr(train.loop, "_default_weights_path", lambda kind: tmp_path / "none.pt")
     first = next(train.iter_train_mbdt(stack, CEUS_PSF, **mbdt_kw(init="default")))
     assert any("from scratch" in n for n in first.info["notes"])
     # init=path fine-tunes that checkpoint: with 0 steps the weights are unchanged.
     r = train.train_mbdt(stack, CEUS_PSF, out=tmp_path / "a.pt", **mbdt_kw(steps=1, seed=3))
-    monkeypatch.setattr(train, "_default_weights_path", lambda kind: tmp_path / "a.pt")
+    monkeypatch.setattr(train.loop, "_default_weights_path", lambda kind: tmp_path / "a.pt")
     r2 = train.train_mbdt(stack, CEUS_PSF, **mbdt_kw(steps=0, init="default"))
     assert "default" in r2.config["init"]
     for a, b in zip(r.model.state_dict().values(), r2.model.state_dict().values()):
@@ -240,5 +241,5 @@ def test_mbdt_domain_b_defaults_to_the_data_and_records_it(stack):
     res = drive(gen)
     assert res.config["domain_b"] == "matched to the data"
     assert res.config["domain_b_measured"][0]["frames_measured"] == len(stack)
-    given = train.train_mbdt(stack, CEUS_PSF, synthetic_config=train.SyntheticConfig(n_max=5), **mbdt_kw(steps=1))
+    given = train.train_mbdt(stack, CEUS_PSF, synthetic_config=SyntheticConfig(n_max=5), **mbdt_kw(steps=1))
     assert given.config["domain_b"] == "given" and given.config["synthetic_config"]["n_max"] == 5
