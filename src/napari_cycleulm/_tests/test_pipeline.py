@@ -203,3 +203,22 @@ def test_cycleulm_tracks_links_the_loc_detections_with_mbtnet_prior(tmp_path):
     np.save(path, sim_small.frames)
     assert main(["run", str(path), "--pipeline", "cycleulm-tracks", "--out", str(tmp_path / "run"), "--quiet"]) == 0
     assert (tmp_path / "run" / "tracks.csv").stat().st_size > 0
+
+
+def test_run_folder_maps_record_their_pixel_size_and_unit(tmp_path):
+    """One map writer: the run folder's TIFFs are export.write_map_tiff's, calibrated."""
+    import json
+
+    import tifffile
+
+    from napari_cycleulm.io import read_stack
+    from napari_cycleulm.simulate import simulate
+
+    sim = simulate(seed=1, n_frames=30, height=40, width=48)
+    res = run_pipeline(sim.frames, "baseline1", "auto", out_dir=tmp_path / "run", pixel_size_um=50.0,
+                       frame_rate_hz=500.0)
+    np.testing.assert_array_equal(read_stack(tmp_path / "run" / "sr_density.tif")[0], res.maps.density)
+    for name, px, unit in (("sr_velocity", 12.5, "mm/s"), ("power_doppler", 50.0, "mean squared intensity")):
+        with tifffile.TiffFile(tmp_path / "run" / f"{name}.tif") as tif:
+            info = json.loads(tif.imagej_metadata["Info"])
+        assert info["pixel_size_um"] == px and info["unit"] == unit

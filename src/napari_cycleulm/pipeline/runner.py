@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import io as ulm_io
 from .._atomic import staged_dir, write_text_atomic
 from .._outputs import check_output_dir
 from ..errors import CycleULMError
@@ -582,11 +581,19 @@ def run_pipeline(stack, pipeline: str = "baseline1", psf="auto", *, progress: Ca
 
 
 def write_maps(result: PipelineResult, out_dir: str | Path) -> dict[str, str]:
-    """Write the SR maps, power Doppler and a PNG preview of a result; return the paths."""
+    """Write the SR maps, power Doppler and a PNG preview of a result; return the paths.
+
+    The TIFFs are :func:`napari_cycleulm.export.write_map_tiff`'s (float32, the
+    pixel size in micrometres when the run has one, and the unit of each map),
+    the same files the Export tool writes.
+    """
+    from ..export import write_map_tiff
     from ..render import to_png
 
     out = Path(out_dir)
     maps = result.maps
+    px = result.params.get("pixel_size_um")
+    sr_px = px / maps.upsampling if px else None
     paths = {
         "sr_density": out / "sr_density.tif",
         "sr_velocity": out / "sr_velocity.tif",
@@ -595,15 +602,12 @@ def write_maps(result: PipelineResult, out_dir: str | Path) -> dict[str, str]:
         "power_doppler": out / "power_doppler.tif",
         "preview": out / "preview.png",
     }
-    ulm_io.write_stack(paths["sr_density"], maps.density)
-    ulm_io.write_stack(paths["sr_velocity"], maps.velocity)
-    ulm_io.write_stack(paths["sr_direction"], maps.direction)
-    ulm_io.write_stack(paths["sr_count"], maps.count)
-    ulm_io.write_stack(paths["power_doppler"], result.power_doppler)
-    sr_px = (
-        result.params.get("pixel_size_um") / maps.upsampling
-        if result.params.get("pixel_size_um")
-        else None
-    )
+    sr = {"pipeline": result.pipeline, "upsampling": maps.upsampling}
+    write_map_tiff(paths["sr_density"], maps.density, sr_px, info={**sr, "unit": "passages per SR pixel"})
+    write_map_tiff(paths["sr_velocity"], maps.velocity, sr_px, info={**sr, "unit": maps.velocity_unit})
+    write_map_tiff(paths["sr_direction"], maps.direction, sr_px, info={**sr, "unit": "rad"})
+    write_map_tiff(paths["sr_count"], maps.count, sr_px, info={**sr, "unit": "localisations per SR pixel"})
+    write_map_tiff(paths["power_doppler"], result.power_doppler, px,
+                   info={"pipeline": result.pipeline, "unit": "mean squared intensity"})
     to_png(maps.density, paths["preview"], cmap="hot", pixel_size_um=sr_px, scale_bar_mm=1.0 if sr_px else None)
     return {k: str(v) for k, v in paths.items()}
