@@ -17,44 +17,7 @@ metrics are imported from their module
 
 from __future__ import annotations
 
-from .studies import (
-    SCORE_COLUMNS,
-    CNRResult,
-    Profile,
-    cnr_on_mip,
-    compare_cnr,
-    compare_fwhm,
-    format_value,
-    fwhm_on_mip,
-    method_from_name,
-    mip,
-    peak_fwhm,
-    plot_precision_recall,
-    plot_profiles,
-    profile_along,
-    rows_to_text,
-    score_localisations,
-    sweep_localisations,
-    write_rows_csv,
-)
+from . import studies as _studies
+from .studies import *  # noqa: F403 - the public names of .studies, listed once in its __all__
 
-__all__ = [
-    "CNRResult",
-    "Profile",
-    "SCORE_COLUMNS",
-    "cnr_on_mip",
-    "compare_cnr",
-    "compare_fwhm",
-    "fwhm_on_mip",
-    "method_from_name",
-    "mip",
-    "peak_fwhm",
-    "plot_precision_recall",
-    "plot_profiles",
-    "profile_along",
-    "format_value",
-    "rows_to_text",
-    "score_localisations",
-    "sweep_localisations",
-    "write_rows_csv",
-]
+__all__ = list(_studies.__all__)
