@@ -16,38 +16,8 @@ and the two table classes; private helpers are imported from
 
 from __future__ import annotations
 
-from .stacks import (
-    FOLDER_EXTENSIONS,
-    STACK_EXTENSIONS,
-    TABLE_EXTENSIONS,
-    ZARR_CHUNK_BYTES,
-    LazyStack,
-    frame_range,
-    iter_blocks,
-    magnitude,
-    read_block,
-    read_stack,
-    read_table,
-    to_dask,
-    write_stack,
-)
+from . import stacks as _stacks
+from .stacks import *  # noqa: F403 - the public names of .stacks, listed once in its __all__
 from .tables import Localisations, Tracks
 
-__all__ = [
-    "frame_range",
-    "STACK_EXTENSIONS",
-    "TABLE_EXTENSIONS",
-    "LazyStack",
-    "iter_blocks",
-    "read_stack",
-    "magnitude",
-    "read_table",
-    "to_dask",
-    "write_stack",
-    # public in the old io.py too, without being listed in its __all__
-    "FOLDER_EXTENSIONS",
-    "ZARR_CHUNK_BYTES",
-    "read_block",
-    "Localisations",
-    "Tracks",
-]
+__all__ = [*_stacks.__all__, "Localisations", "Tracks"]

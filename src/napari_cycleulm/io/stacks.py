@@ -59,6 +59,9 @@ __all__ = [
     "read_table",
     "to_dask",
     "write_stack",
+    "FOLDER_EXTENSIONS",
+    "ZARR_CHUNK_BYTES",
+    "read_block",
 ]
 
 log = logging.getLogger(__name__)
