@@ -370,7 +370,7 @@ def test_a_rejection_is_its_message_with_a_structured_kind():
     import copy
     import pickle
 
-    import napari_cycleulm.psf as psf_module
+    import napari_cycleulm.psf.fit as psf_module
 
     why = Rejection("a second bubble in the patch", "fit")  # the text does not decide the kind
     assert why == "a second bubble in the patch" and why.kind == "fit"
@@ -387,7 +387,7 @@ def test_psf_finds_local_maxima_with_the_localisers_peak_finder(isolated_bubbles
     from scipy import ndimage
 
     import napari_cycleulm.localise.peaks as peaks
-    import napari_cycleulm.psf as psf_module
+    import napari_cycleulm.psf.fit as psf_module
 
     img = np.random.default_rng(5).normal(size=(30, 40))
     expected = (ndimage.maximum_filter(img, size=3, mode="nearest") == img) & (img > 0.5)

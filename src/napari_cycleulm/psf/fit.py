@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage, optimize
 
-from ._atomic import write_text_atomic
-from .arrays import as_frames, robust_sigma
-from .errors import CycleULMError
-from .io.tables import PointTable
+from .._atomic import write_text_atomic
+from ..arrays import as_frames, robust_sigma
+from ..errors import CycleULMError
+from ..io.tables import PointTable
 
 #: FWHM = FWHM_PER_SIGMA * sigma for a Gaussian (2 sqrt(2 ln 2) = 2.3548...); the
 #: one definition, imported by the simulator and the localisers.
@@ -641,7 +641,7 @@ def _local_maxima(image: np.ndarray, threshold: float) -> np.ndarray:
     peak finder; float64 images are compared in float64).  Of a flat-topped
     maximum (equal neighbours) only the first pixel in raster order is kept.
     """
-    from .localise.peaks import find_peaks  # not at module level: the localisers import psf
+    from ..localise.peaks import find_peaks  # not at module level: the localisers import psf
 
     _, y, x, _ = find_peaks(image, float(threshold), min_distance=1)
     mask = np.zeros(image.shape, bool)
