@@ -103,6 +103,53 @@ def intensity_scale(frames, percentile: float = 99.9, max_values: float | None =
     return 1.0 / ref if ref > 0 else 1.0
 
 
+#: MB-DT's input convention: after the run's intensity scale, the median of the
+#: (clutter-filtered) frames is at most this level.  It is the geometric mean of
+#: that median over the 11 of the 13 training acquisitions of the shipped MB-DT
+#: whose median is not 0 (0.03-0.23; ``scripts/train_default_weights.py``'s
+#: ``MBDT_SETTINGS``, measured after ``svd:auto``): the background MB-DT learnt
+#: to leave dark.  See :func:`mbdt_input_scale`.
+MBDT_BACKGROUND_LEVEL = 0.10
+
+
+def mbdt_input_scale(frames, percentile: float = 99.9, max_values: float | None = 2e7) -> float:
+    """The intensity factor of MB-DT's input: :func:`intensity_scale`, lowered for bright backgrounds.
+
+    The percentile convention maps the brightest 0.1 % of the values to 1.
+    With few bubbles in strong noise those values are noise peaks, so the
+    noise floor reaches MB-DT several times brighter than in its training
+    data, and MB-DT (trained to draw a bubble wherever the CEUS frames hold a
+    bright blob) draws bubbles out of it.  This factor lowers the scale until
+    the median of the scaled frames, a robust estimate of their background
+    level (bubbles occupy a few percent of the pixels), is at most
+    :data:`MBDT_BACKGROUND_LEVEL`; it never raises it (a dark background is
+    what MB-DT was trained on).  When the median is 0 (a clutter filter that
+    clips the background to 0) the percentile scale is kept.
+
+    Parameters
+    ----------
+    frames : array_like
+        Clutter-filtered CEUS frames (the run's calibration frames), any shape.
+    percentile, max_values : float
+        As for :func:`intensity_scale`.
+
+    Returns
+    -------
+    float
+        The factor (> 0) that MB-DT's input frames are multiplied by.
+    """
+    arr = np.asarray(frames)
+    if max_values is not None and arr.ndim >= 1:
+        stride = max(1, int(np.ceil(arr.size / max_values)))
+        if 1 < stride < arr.shape[0]:
+            arr = arr[::stride]
+    scale = intensity_scale(arr, percentile)
+    median = float(np.median(arr)) * scale
+    if median > MBDT_BACKGROUND_LEVEL:
+        scale *= MBDT_BACKGROUND_LEVEL / median
+    return scale
+
+
 def intensity_reference(values, percentile: float = 99.9) -> float:
     """The intensity that the package's convention maps to 1.
 

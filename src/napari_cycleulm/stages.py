@@ -300,13 +300,22 @@ def calibration_frames(stack) -> np.ndarray:
     return ulm_io.read_block(stack, 0, min(len(stack), CALIBRATION_FRAMES))
 
 
-def run_scale(stack, scale: float | None = None) -> float:
-    """The run's intensity factor: ``scale`` when given, else from the first :data:`CALIBRATION_FRAMES`."""
+def run_scale(stack, scale: float | None = None, *, mbdt: bool = False) -> float:
+    """The run's intensity factor: ``scale`` when given, else from the first :data:`CALIBRATION_FRAMES`.
+
+    ``mbdt=True``: the factor of MB-DT's input
+    (:func:`~napari_cycleulm.arrays.mbdt_input_scale`), which all CycleULM
+    pipelines, the Translate tool and MB-DT's fine-tuning use.
+    """
     if scale is not None:
         scale = float(scale)
         if not (np.isfinite(scale) and scale > 0):
             raise CycleULMError(f"the intensity scale must be a positive number, got {scale}.")
         return scale
+    if mbdt:
+        from .arrays import mbdt_input_scale
+
+        return mbdt_input_scale(calibration_frames(stack))
     return intensity_scale(calibration_frames(stack))
 
 

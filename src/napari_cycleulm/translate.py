@@ -7,9 +7,11 @@ by the edge frame itself (edge replication).  Inside a streamed acquisition
 the neighbours come from the adjacent blocks, so :func:`iter_translate` gives
 exactly the frames of one :func:`translate` call on the whole stack.
 
-Intensity convention: the CEUS input is multiplied by ``scale`` so that the
-99.9th percentile of the data is 1 (what the network was trained on); the
-MB-only output lives in ``[0, ~1]``.
+Intensity convention: the CEUS input is multiplied by ``scale``
+(:func:`~napari_cycleulm.arrays.mbdt_input_scale`: the 99.9th percentile of
+the data to 1, lowered until the median background is at most
+:data:`~napari_cycleulm.arrays.MBDT_BACKGROUND_LEVEL`, what the network was
+trained on); the MB-only output lives in ``[0, ~1]``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from . import io as ulm_io
-from .arrays import as_frames, as_image, intensity_scale
+from .arrays import as_frames, as_image, intensity_scale, mbdt_input_scale
 from .errors import CycleULMError
 from .models import resolve_network
 from .stages import run_scale
@@ -84,8 +86,8 @@ def translate(
         ``(N, 3, H, W)`` (its ``translate`` method when it has one).
     scale : float, optional
         Intensity factor applied to the frames (and to ``before`` / ``after``)
-        before the network; default: the one that maps the 99.9th percentile
-        of ``frames`` to 1.  Streaming callers pass one run-wide value.
+        before the network; default: :func:`~napari_cycleulm.arrays.mbdt_input_scale`
+        of ``frames``.  Streaming callers pass one run-wide value.
     batch_size : int
         Frames translated together.
     device : str or torch.device, optional
@@ -107,7 +109,7 @@ def translate(
     """
     arr = as_frames(frames, name="frames")
     batch_size = _check_batch(batch_size)
-    scale = intensity_scale(arr) if scale is None else _check_scale(scale)
+    scale = mbdt_input_scale(arr) if scale is None else _check_scale(scale)
     nb = []
     for name, img, edge in (("before", before, arr[0]), ("after", after, arr[-1])):
         if img is None:
@@ -179,7 +181,7 @@ def iter_translate(
         )
     n = shape[0]
     if scale is None:
-        scale = run_scale(stack)
+        scale = run_scale(stack, mbdt=True)
     scale = np.float32(_check_scale(scale))
     net, dev, _ = resolve_network("mbdt", model, device)
     prev = None

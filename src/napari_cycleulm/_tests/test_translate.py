@@ -64,10 +64,21 @@ def test_given_neighbours_replace_the_replicated_edges(frames):
     np.testing.assert_allclose(out, _expected(frames, 1.0)[3:6], rtol=1e-5)
 
 
-def test_default_scale_maps_the_999th_percentile_to_one(frames):
-    out = translate(frames, LinearMix(0, 1, 0))
-    np.testing.assert_allclose(out, frames / np.percentile(frames, 99.9), rtol=1e-5)
+def test_default_scale_maps_the_999th_percentile_to_one_on_a_dark_background(frames):
+    dark = frames ** 8  # median ~0.004 of the brightest values: a dark background
+    out = translate(dark, LinearMix(0, 1, 0))
+    np.testing.assert_allclose(out, dark / np.percentile(dark, 99.9), rtol=1e-5)
     # So the output does not depend on the input's units.
+    np.testing.assert_allclose(translate(dark * 37.0, LinearMix(0, 1, 0)), out, rtol=1e-5)
+
+
+def test_default_scale_darkens_a_bright_background_to_the_trained_level(frames):
+    from napari_cycleulm.arrays import MBDT_BACKGROUND_LEVEL, intensity_scale, mbdt_input_scale
+
+    # Uniform noise: its median is half its 99.9th percentile, five times MB-DT's trained background.
+    out = translate(frames, LinearMix(0, 1, 0))
+    assert np.median(out) == pytest.approx(MBDT_BACKGROUND_LEVEL, rel=1e-4)
+    assert mbdt_input_scale(frames) < intensity_scale(frames)
     np.testing.assert_allclose(translate(frames * 37.0, LinearMix(0, 1, 0)), out, rtol=1e-5)
 
 

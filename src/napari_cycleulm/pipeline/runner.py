@@ -208,10 +208,14 @@ def plan_run(
             if msg:
                 warnings.warn(msg, UserWarning, stacklevel=2)
     # One intensity scale for the whole run, from the first frames (whatever
-    # the block size), so that absolute thresholds mean the same in every block.
-    from ..arrays import intensity_scale
+    # the block size), so that absolute thresholds mean the same in every block;
+    # MB-DT's input convention for the CycleULM pipelines (arrays.mbdt_input_scale).
+    from ..arrays import intensity_scale, mbdt_input_scale
 
-    scale = intensity_scale(calibration) if scale is None else run_scale(stack, scale)
+    if scale is not None:
+        scale = run_scale(stack, scale)
+    else:
+        scale = mbdt_input_scale(calibration) if spec.denoise == "mbdt" else intensity_scale(calibration)
     del calibration
 
     from ..temporal import gate_kwargs

@@ -30,13 +30,13 @@ import torch
 from torch import nn
 
 from .. import losses as L
-from ..arrays import as_frames, intensity_scale, robust_sigma
+from ..arrays import as_frames, intensity_scale, mbdt_input_scale, robust_sigma
 from ..device import resolve_device
 from ..errors import CycleULMError
 from ..progress import Progress, drive
 from ..psf import PSF
 from ..roi import count_patches, patch_corners, rois_to_mask
-from ..synthetic import SyntheticConfig, synthetic_patches
+from ..simulate.mb_only import SyntheticConfig, synthetic_patches
 from .loop import (
     TrainResult,
     _check_int,
@@ -86,7 +86,7 @@ class _CeusSource:
         self.mb_psf = psf.mbonly()
         self.p = patch_size
         self.corners = patch_corners(mask, patch_size)
-        self.scale = intensity_scale(frames, NORMALISATION_PERCENTILE, max_values=2e7)
+        self.scale = mbdt_input_scale(frames, NORMALISATION_PERCENTILE, max_values=2e7)
         self.mask = mask
         self.kernel = L.similarity_blur_kernel(
             psf.sigma_y_px, psf.sigma_x_px, psf.theta_rad, shrink=psf.mbonly_factor
@@ -161,8 +161,8 @@ def domain_b_config(
     frames : (T, H, W) array
         CEUS stack (only the ``n_frames`` measured frames are read).
     scale : float
-        Factor that brings the stack to MB-DT's units (its 99.9th percentile to
-        1, :func:`~napari_cycleulm.arrays.intensity_scale`); 1 when ``frames``
+        Factor that brings the stack to MB-DT's units
+        (:func:`~napari_cycleulm.arrays.mbdt_input_scale`); 1 when ``frames``
         are already scaled.
     psf : PSF
         CEUS PSF of the data.

@@ -16,14 +16,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..arrays import as_frames, intensity_scale
+from ..arrays import as_frames, intensity_scale, mbdt_input_scale
 from ..checkpoint import Checkpoint
 from ..device import resolve_device
 from ..errors import CycleULMError
 from ..io.tables import Localisations
 from ..nets.mbtnet import UPSCALE as MBTNET_UPSCALE
 from ..psf import PSF
-from ..synthetic import SyntheticConfig, synthetic_patches, synthetic_sequences
+from ..simulate.mb_only import SyntheticConfig, synthetic_patches, synthetic_sequences
 from .loop import _check_int, _sigma_range
 from .mbdt import NORMALISATION_PERCENTILE
 
@@ -196,7 +196,7 @@ def validate_mbdt(
     dev = resolve_device(device)
     net = net.to(dev).eval()
     arr = as_frames(frames, "frames", min_frames=1)[:max_frames]
-    scale = intensity_scale(arr, NORMALISATION_PERCENTILE, max_values=2e7)
+    scale = mbdt_input_scale(arr, NORMALISATION_PERCENTILE, max_values=2e7)
     mb = translate(arr, net, scale=scale, device=dev)
     ref = float(np.percentile(mb, NORMALISATION_PERCENTILE))
     res = {"background_level": float(np.median(mb) / ref) if ref > 0 else float("nan")}

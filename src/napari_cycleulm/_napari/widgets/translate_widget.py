@@ -59,7 +59,7 @@ class TranslateWidget(StageWidget):
                 show_warning(f"the gate uses no PSF (window from the frame size): {exc}")
         self._params = {"model": str(ck.path) if ck.path else "default", "block_size": block, "gate": gate,
                         "psf": psf_params(psf)}
-        scale = run_scale(frames)
+        scale = run_scale(frames, mbdt=True)
 
         def run():
             out = result_buffer(tuple(frames.shape), np.float32)
