@@ -46,7 +46,7 @@ from napari_cycleulm.nets import count_parameters
 from napari_cycleulm.psf import PSF, estimate_psf_auto
 from napari_cycleulm.roi import count_patches
 from napari_cycleulm.simulate import simulate
-from napari_cycleulm.synthetic import SyntheticConfig
+from napari_cycleulm.simulate.mb_only import SyntheticConfig
 from napari_cycleulm.train import (
     DEFAULT_GENERALIST_SIGMA_RANGE_PX,
     train_mbdt,

@@ -1,4 +1,4 @@
-"""Specification of the CEUS simulator (simulate.py) and the napari sample data."""
+"""Specification of the CEUS simulator (simulate/ceus.py) and the napari sample data."""
 
 from __future__ import annotations
 
@@ -154,7 +154,7 @@ def test_psf_widens_with_depth():
 
 
 def test_lateral_side_lobes_exist_and_are_weak():
-    from napari_cycleulm.simulate import _lateral
+    from napari_cycleulm.simulate.ceus import _lateral
 
     x = np.linspace(0, 4, 4001)
     prof = np.abs(_lateral(x, np.ones_like(x)))
@@ -310,7 +310,7 @@ def test_psf_shapes_rendered_width_matches_metadata(shape, fwhm_um):
 
 
 def test_psf_shapes_side_lobes_and_modulation():
-    from napari_cycleulm.simulate import _lateral, _lateral_gauss, _lateral_sinc
+    from napari_cycleulm.simulate.ceus import _lateral, _lateral_gauss, _lateral_sinc
 
     x = np.linspace(0, 5, 5001)
     one = np.ones_like(x)

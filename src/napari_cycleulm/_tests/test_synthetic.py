@@ -9,7 +9,7 @@ import pytest
 
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.psf import PSF, gaussian_kernel
-from napari_cycleulm.synthetic import (
+from napari_cycleulm.simulate.mb_only import (
     SyntheticConfig,
     synthetic_patches,
     synthetic_sequences,

@@ -9,7 +9,7 @@ from napari_cycleulm.checkpoint import load_checkpoint
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.progress import Cancelled, drive
 from napari_cycleulm.psf import PSF
-from napari_cycleulm.synthetic import SyntheticConfig
+from napari_cycleulm.simulate.mb_only import SyntheticConfig
 
 from .conftest import draw_bubbles
 

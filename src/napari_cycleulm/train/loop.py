@@ -51,7 +51,7 @@ from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..errors import CycleULMError
 from ..nets import DISPLAY_NAMES, MBDT, MBLNet, MBTNet
 from ..progress import Progress
-from ..synthetic import SyntheticConfig
+from ..simulate.mb_only import SyntheticConfig
 
 __all__ = ["TrainResult"]
 

@@ -1,9 +1,9 @@
 """MBL-Net and MBT-Net training on synthetic MB-only data (paper, sections 3.2-3.3).
 
 * :func:`iter_train_mblnet` (and :func:`train_mblnet`): MBL-Net on synthetic
-  MB-only patches (:func:`~napari_cycleulm.synthetic.synthetic_patches`).
+  MB-only patches (:func:`~napari_cycleulm.simulate.mb_only.synthetic_patches`).
 * :func:`iter_train_mbtnet` (and :func:`train_mbtnet`): MBT-Net on synthetic
-  MB-only sequences (:func:`~napari_cycleulm.synthetic.synthetic_sequences`).
+  MB-only sequences (:func:`~napari_cycleulm.simulate.mb_only.synthetic_sequences`).
 
 Both take the MB-only PSF or a sigma range (a generalist over PSF widths,
 :data:`DEFAULT_GENERALIST_SIGMA_RANGE_PX` for the shipped weights), share
@@ -28,7 +28,7 @@ from ..nets import DISPLAY_NAMES
 from ..nets.mbtnet import UPSCALE as MBTNET_UPSCALE
 from ..progress import Progress, drive
 from ..psf import PSF
-from ..synthetic import SyntheticConfig, synthetic_patches, synthetic_sequences
+from ..simulate.mb_only import SyntheticConfig, synthetic_patches, synthetic_sequences
 from .loop import (
     TrainResult,
     _check_int,

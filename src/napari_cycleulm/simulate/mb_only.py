@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import CycleULMError
-from .psf import PSF
-from .io.tables import Localisations
+from ..errors import CycleULMError
+from ..psf import PSF
+from ..io.tables import Localisations
 
 #: Gaussian tails beyond this many sigmas are not rendered in sequences (< 3.4e-4 of the peak).
 _TAIL_SIGMAS = 4.0

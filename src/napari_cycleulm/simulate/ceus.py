@@ -105,12 +105,12 @@ from pathlib import Path
 import numpy as np
 import scipy.fft
 
-from ._atomic import atomic_path, write_text_atomic
-from ._json import jsonable
-from .arrays import intensity_reference
-from .errors import CycleULMError
-from .psf import FWHM_PER_SIGMA
-from .io.tables import Localisations
+from .._atomic import atomic_path, write_text_atomic
+from .._json import jsonable
+from ..arrays import intensity_reference
+from ..errors import CycleULMError
+from ..psf import FWHM_PER_SIGMA
+from ..io.tables import Localisations
 
 __all__ = ["PRESETS", "Simulation", "isolated_positions", "load_simulation", "save_simulation", "simulate"]
 
@@ -672,7 +672,7 @@ def simulate(
             f"density {density} is too high for a {height}x{width} image; use at most "
             f"{20.0 * height * width / 100.0:g} bubbles per frame."
         )
-    from ._resources import check_memory
+    from .._resources import check_memory
 
     check_memory(simulation_memory_bytes(n_frames, height, width),
                  f"{n_frames} simulated frames of {height}x{width} px",
@@ -975,7 +975,7 @@ def save_simulation(sim: Simulation, out_dir: str | os.PathLike) -> dict[str, Pa
     """
     import tifffile
 
-    from .io import write_stack
+    from ..io import write_stack
 
     out = Path(out_dir)
     paths = {k: out / v for k, v in _FILES.items()}
