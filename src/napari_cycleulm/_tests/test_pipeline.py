@@ -222,3 +222,20 @@ def test_run_folder_maps_record_their_pixel_size_and_unit(tmp_path):
         with tifffile.TiffFile(tmp_path / "run" / f"{name}.tif") as tif:
             info = json.loads(tif.imagej_metadata["Info"])
         assert info["pixel_size_um"] == px and info["unit"] == unit
+
+
+def test_cycleulm_pipelines_hand_mbdt_a_background_no_brighter_than_it_was_trained_on(true_psf, nets):
+    from napari_cycleulm.arrays import MBDT_BACKGROUND_LEVEL, intensity_scale
+
+    rng = np.random.default_rng(3)
+    noisy = rng.rayleigh(1.0, (12, 40, 48)).astype(np.float32)  # a bright noise floor, no bubbles
+    base = run_pipeline(noisy, "baseline2", true_psf, clutter_filter="none", device="cpu")
+    loc = run_pipeline(noisy, "cycleulm-loc", true_psf, clutter_filter="none", device="cpu", **_models(nets))
+    assert base.params["intensity_scale"] == pytest.approx(intensity_scale(noisy), rel=1e-6)
+    assert np.median(noisy) * loc.params["intensity_scale"] == pytest.approx(MBDT_BACKGROUND_LEVEL, rel=1e-4)
+    # A stack whose background is already dark keeps the percentile convention.
+    sparse = np.zeros_like(noisy)
+    sparse[:, 18:23, 22:27] = 5.0  # a bubble-sized bright spot: 1.3 % of the pixels
+    sparse += 0.01 * noisy
+    res = run_pipeline(sparse, "cycleulm-loc", true_psf, clutter_filter="none", device="cpu", **_models(nets))
+    assert res.params["intensity_scale"] == pytest.approx(intensity_scale(sparse), rel=1e-6)
