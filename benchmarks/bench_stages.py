@@ -92,11 +92,11 @@ def _worker(stage: str, frames_n: int, device: str | None, cache: str, queue) ->
             r.add_localisations(locs)
             r.result()
     elif stage == "mbdt":
-        from napari_cycleulm.translate import translate
+        from napari_cycleulm.dl.mbdt_inference import translate
 
         translate(frames, "default", **kw)
     elif stage in ("mblnet", "mbtnet"):
-        from napari_cycleulm.translate import translate
+        from napari_cycleulm.dl.mbdt_inference import translate
 
         mb = translate(frames, "default", **kw)
         t0 = time.perf_counter()

@@ -33,7 +33,7 @@ from napari_cycleulm.evaluate.metrics import cnr_db
 from napari_cycleulm.psf import estimate_psf, estimate_psf_auto
 from napari_cycleulm.simulate import isolated_positions, simulate
 from napari_cycleulm.train import train_mbdt
-from napari_cycleulm.translate import translate
+from napari_cycleulm.dl.mbdt_inference import translate
 
 
 def contrast(mip: np.ndarray, signal: np.ndarray, background: np.ndarray) -> dict:

@@ -70,9 +70,9 @@ def noisy_detections(gt, noise_px: float, drop: float, seed: int) -> Localisatio
 def mbtnet_velocity(sim, psf) -> tuple[np.ndarray, np.ndarray, float]:
     """MBT-Net mean velocity maps (x4 grid) on MB-DT's output, as the E2E pipeline makes it."""
     from napari_cycleulm.e2e import E2EAccumulator
-    from napari_cycleulm.models import load_model
+    from napari_cycleulm.dl.models import load_model
     from napari_cycleulm.temporal import DEFAULT_GATE
-    from napari_cycleulm.translate import iter_translate
+    from napari_cycleulm.dl.mbdt_inference import iter_translate
 
     t0 = time.perf_counter()
     mbtnet = load_model("mbtnet", "default")

@@ -40,9 +40,9 @@ import torch
 
 from napari_cycleulm import __version__ as package_version
 from napari_cycleulm._atomic import write_text_atomic
-from napari_cycleulm.checkpoint import load_checkpoint, save_checkpoint
+from napari_cycleulm.dl.checkpoint import load_checkpoint, save_checkpoint
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.nets import count_parameters
+from napari_cycleulm.dl.nets import count_parameters
 from napari_cycleulm.psf import PSF, estimate_psf_auto
 from napari_cycleulm.roi import count_patches
 from napari_cycleulm.simulate import simulate
@@ -178,10 +178,11 @@ def train_generalist(kind, steps, out_dir, seed, quick, device, init=None, lr=No
     }
 
 
-def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None, count_factor=None, init=None):
+def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None, count_factor=None, init=None,
+                       domain_b_count="measured"):
     n_frames, size = (40, (96, 96)) if quick else (200, (128, 160))
     settings = MBDT_SETTINGS[:2] if quick else MBDT_SETTINGS
-    stacks, psfs, rois, data = [], [], [], []
+    stacks, psfs, rois, data, counts = [], [], [], [], []
     t0 = time.perf_counter()
     for s in settings:
         sim = _sim(s, n_frames, size)
@@ -198,6 +199,10 @@ def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None, c
         stacks.append(sim.frames)
         psfs.append(est.psf if est is not None else PSF(m["psf_sigma_y_px"], m["psf_sigma_x_px"]))
         rois.append(roi if roi is not None else np.ones(sim.frames.shape[1:], bool))
+        # The simulator's true density (bubbles per 40 x 40 patch of the ROI): domain B uncapped
+        # by the conventional detector.  Positions are never used.
+        true_count = sim.metadata["mean_bubbles_per_frame"] * 40 ** 2 / float(rois[-1].sum())
+        counts.append(true_count if domain_b_count == "true" else None)
         data.append({
             **{k: (list(v) if isinstance(v, tuple) else v) for k, v in s.items()},
             "frames": list(sim.frames.shape),
@@ -215,6 +220,7 @@ def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None, c
     res = train_mbdt(stacks, psfs, roi_mask=rois, init=init, steps=steps, out=out, seed=seed,
                      model_config=model_config,
                      **({} if count_factor is None else {"domain_b_count_factor": count_factor}),
+                     domain_b_counts=counts,
                      checkpoint_every=500, preview_every=None, device=device,
                      progress=lambda ev: _log(ev, "mbdt"))
     seconds = time.perf_counter() - t0
@@ -266,6 +272,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--count-factor", type=float, default=None,
                     help="MB-DT domain-B bubbles relative to the data's measured count (default: the trainer's)")
+    ap.add_argument("--domain-b-count", choices=("measured", "true"), default="measured",
+                    help="MB-DT domain-B bubbles per patch: measured on each stack by thresholding + NCC "
+                         "(what fine-tuning on a user's data does) or the simulator's true density (uncapped)")
     ap.add_argument("--mbdt-config", type=json.loads, default=None,
                     help='MB-DT architecture as JSON, e.g. \'{"output_activation": "none"}\' (default: MBDT())')
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -309,7 +318,7 @@ def main(argv=None) -> int:
         if kind == "mbdt":
             report["networks"][kind] = train_default_mbdt(steps, args.out, args.seed, args.quick,
                                                           args.device, args.mbdt_config, args.count_factor,
-                                                          args.init)
+                                                          args.init, args.domain_b_count)
         else:
             report["networks"][kind] = train_generalist(kind, steps, args.out, args.seed,
                                                         args.quick, args.device, args.init, args.lr)

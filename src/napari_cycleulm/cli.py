@@ -385,10 +385,10 @@ def _iter_translate_to_tiff(stack, model, out: Path, block_size: int, device):
     import tifffile
 
     from ._atomic import atomic_path
-    from .checkpoint import Checkpoint
-    from .models import load_model
+    from .dl.checkpoint import Checkpoint
+    from .dl.models import load_model
     from .progress import Progress
-    from .translate import iter_translate
+    from .dl.mbdt_inference import iter_translate
 
     ckpt = model if isinstance(model, Checkpoint) else load_model("mbdt", model, device)
     n = len(stack)
@@ -409,7 +409,7 @@ def cmd_translate(args) -> int:
     if args.block_size < 1:
         raise CycleULMError(f"--block-size must be >= 1, got {args.block_size}.")
     _check_device(args)
-    from .models import load_model
+    from .dl.models import load_model
 
     stack = _read_input(args, Path(args.input), lazy=True)
     t0 = time.perf_counter()
@@ -518,7 +518,7 @@ def cmd_demo(args) -> int:
     from .psf import estimate_psf_auto
     from .simulate import PRESETS, save_simulation, simulate
     from ._atomic import staged_dir
-    from .models import load_model
+    from .dl.models import load_model
     from .train import iter_train_mbdt
 
     final = check_output_dir(args.out, overwrite=args.overwrite, marker="psf.json",

@@ -50,8 +50,8 @@ import torch.nn.functional as F
 
 from .arrays import as_frames
 from .errors import CycleULMError
-from .models import resolve_network
-from .nets.mbtnet import UPSCALE
+from .dl.models import resolve_network
+from .dl.nets.mbtnet import UPSCALE
 from .render import SRMaps, _check_shape, _positive
 
 __all__ = ["E2EAccumulator", "render_e2e", "window_starts"]
@@ -197,8 +197,8 @@ class E2EAccumulator:
         mb_frames : array_like
             ``(T, H, W)`` MB-only frames following those already added.
         model : None, "default", path, Checkpoint or torch.nn.Module
-            The MBT-Net (see :mod:`napari_cycleulm.models`); load it once
-            (:func:`~napari_cycleulm.models.load_model`) and pass the
+            The MBT-Net (see :mod:`napari_cycleulm.dl.models`); load it once
+            (:func:`~napari_cycleulm.dl.models.load_model`) and pass the
             checkpoint for every block.
         batch_size : int, optional
             Windows per network call; default :func:`default_batch_size` (4 on

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from napari_cycleulm.checkpoint import save_checkpoint
-from napari_cycleulm.nets import MBDT, MBLNet, MBTNet
+from napari_cycleulm.dl.checkpoint import save_checkpoint
+from napari_cycleulm.dl.nets import MBDT, MBLNet, MBTNet
 
 
 def tiny_checkpoints(folder, *, sigma_range_px=(0.3, 3.0), seed=0) -> dict:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cycleulm.checkpoint import (
+from napari_cycleulm.dl.checkpoint import (
     FORMAT_VERSION,
     Checkpoint,
     build_model,
@@ -14,7 +14,7 @@ from napari_cycleulm.checkpoint import (
     save_checkpoint,
 )
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.nets import MBDT, MBLNet, MBTNet
+from napari_cycleulm.dl.nets import MBDT, MBLNet, MBTNet
 from napari_cycleulm.psf import PSF
 
 torch.set_num_threads(1)

@@ -107,7 +107,7 @@ def test_translate_streams_to_a_tiff_equal_to_one_shot(small, nets, tmp_path, ca
     import tifffile
 
     from napari_cycleulm.io import read_stack
-    from napari_cycleulm.translate import translate
+    from napari_cycleulm.dl.mbdt_inference import translate
 
     out = tmp_path / "mb.tif"
     assert main(["translate", str(small), "--mbdt", str(nets["mbdt"]), "--out", str(out),
@@ -130,7 +130,7 @@ def test_run_cycleulm_pipeline_with_checkpoints(small, nets, tmp_path, capsys):
 
 
 def test_model_errors_are_one_line(small, nets, tmp_path, capsys, monkeypatch):
-    from napari_cycleulm import models
+    from napari_cycleulm.dl import models
 
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"not a checkpoint")
@@ -151,8 +151,8 @@ def test_model_errors_are_one_line(small, nets, tmp_path, capsys, monkeypatch):
 
 def _fake_trainer(calls, kind):
     """Stands in for train.iter_train_*: records its arguments, writes a tiny checkpoint."""
-    from napari_cycleulm.checkpoint import save_checkpoint
-    from napari_cycleulm.nets import MBDT, MBLNet, MBTNet
+    from napari_cycleulm.dl.checkpoint import save_checkpoint
+    from napari_cycleulm.dl.nets import MBDT, MBLNet, MBTNet
     from napari_cycleulm.progress import Progress
     from napari_cycleulm.train import TrainResult
 

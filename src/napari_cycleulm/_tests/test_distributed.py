@@ -107,7 +107,7 @@ def test_e2e_merge_refuses_buffered_frames_and_other_grids(tiny_mbtnet):
 @pytest.fixture(scope="module")
 def tiny_mbtnet(tmp_path_factory):
     from napari_cycleulm._tests._tiny_nets import tiny_checkpoints
-    from napari_cycleulm.models import load_model
+    from napari_cycleulm.dl.models import load_model
 
     path = tiny_checkpoints(tmp_path_factory.mktemp("nets"))["mbtnet"]
     return load_model("mbtnet", path, "cpu")

@@ -192,7 +192,7 @@ def test_accuracy_mistakes(eval_viewer, qtbot):
 def test_on_the_sample_with_mb_dt_and_mips(make_napari_viewer, qtbot):
     """The sample data cropped, translated by the shipped MB-DT; the widget equals the library."""
     from napari_cycleulm._napari.sample_data import make_sample
-    from napari_cycleulm.translate import translate
+    from napari_cycleulm.dl.mbdt_inference import translate
 
     viewer = make_napari_viewer()
     (frames, kw, _), _gt = make_sample()

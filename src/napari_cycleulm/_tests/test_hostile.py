@@ -416,7 +416,7 @@ def test_interrupted_run_leaves_the_previous_run(work, sig):
 @posix_only
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_interrupted_training_leaves_a_complete_checkpoint_or_none(work, sig):
-    from napari_cycleulm.checkpoint import load_checkpoint
+    from napari_cycleulm.dl.checkpoint import load_checkpoint
 
     log = work / "log.txt"
     out = work / "m.pt"

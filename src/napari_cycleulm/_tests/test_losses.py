@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.losses import (
+from napari_cycleulm.dl.losses import (
     LAMBDA_CYCLE,
     LAMBDA_SIMILARITY,
     cycle_consistency_loss,

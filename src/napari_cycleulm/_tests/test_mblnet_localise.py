@@ -134,7 +134,7 @@ def test_bad_inputs_are_explained(tmp_path):
 def test_batchwise_decoding_equals_decoding_the_whole_block(batch_size):
     """localise_mblnet decodes batch by batch (memory); the table equals decoding all maps at once."""
     from napari_cycleulm.localise.mblnet import mblnet_maps
-    from napari_cycleulm.models import load_model
+    from napari_cycleulm.dl.models import load_model
 
     rng = np.random.default_rng(3)
     frames = np.zeros((10, 40, 48), np.float32)

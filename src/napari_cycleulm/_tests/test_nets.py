@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.losses import cyclegan_generator_objective, mblnet_loss, mbtnet_loss
-from napari_cycleulm.nets import (
+from napari_cycleulm.dl.losses import cyclegan_generator_objective, mblnet_loss, mbtnet_loss
+from napari_cycleulm.dl.nets import (
     MBDT,
     MBTNET_CHANNELS,
     ConvLSTM,
@@ -19,7 +19,7 @@ from napari_cycleulm.nets import (
     pad_to_multiple,
     split_outputs,
 )
-from napari_cycleulm.nets.blocks import ResidualBlock, UNet, UpBlock
+from napari_cycleulm.dl.nets.blocks import ResidualBlock, UNet, UpBlock
 
 torch.set_num_threads(1)
 

@@ -163,7 +163,7 @@ def test_cycleulm_target_count(short, true_psf, nets, name):
 
 
 def test_missing_default_weights_are_explained(short, true_psf, nets, monkeypatch, tmp_path):
-    from napari_cycleulm import models
+    from napari_cycleulm.dl import models
 
     monkeypatch.setitem(models.DEFAULT_WEIGHTS, "mblnet", tmp_path / "mblnet_default.pt")
     with pytest.raises(CycleULMError, match="no default weights shipped for MBL-Net"):

@@ -209,7 +209,7 @@ def test_length_summary_of_no_tracks():
 
 # --- MBT-Net training default --------------------------------------------------------------------
 def _shipped_mbtnet_pos_weight() -> float:
-    from napari_cycleulm.checkpoint import load_checkpoint
+    from napari_cycleulm.dl.checkpoint import load_checkpoint
 
     ck = load_checkpoint(str(files("napari_cycleulm") / "weights" / "mbtnet_default.pt"))
     return ck.extra["training"]["loss_params"]["pos_weight"]
@@ -223,8 +223,8 @@ def test_mbtnet_trainer_default_pos_weight_is_the_shipped_weights():
 
 def test_cycleulm_train_mbtnet_with_defaults_uses_the_shipped_pos_weight(tmp_path, monkeypatch):
     """`cycleulm train mbtnet` with no loss option trains with (and records) the shipped weight."""
-    import napari_cycleulm.losses as losses
-    from napari_cycleulm.checkpoint import load_checkpoint
+    import napari_cycleulm.dl.losses as losses
+    from napari_cycleulm.dl.checkpoint import load_checkpoint
     from napari_cycleulm.cli import main
 
     seen = []

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from napari_cycleulm import train
-from napari_cycleulm.checkpoint import load_checkpoint
+from napari_cycleulm.dl.checkpoint import load_checkpoint
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.progress import Cancelled, drive
 from napari_cycleulm.psf import PSF
@@ -204,7 +204,7 @@ def test_same_seed_same_training_on_cpu():
 
 
 def test_validate_mblnet_and_mbtnet_report_metrics():
-    from napari_cycleulm.nets import MBLNet, MBTNet
+    from napari_cycleulm.dl.nets import MBLNet, MBTNet
 
     m = train.validate_mblnet(MBLNet(), MB_PSF, n=8)
     assert {"recall", "precision", "f1", "mean_error_px"} <= set(m)

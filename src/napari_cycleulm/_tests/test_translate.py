@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from napari_cycleulm import models
-from napari_cycleulm.checkpoint import load_checkpoint
+from napari_cycleulm.dl import models
+from napari_cycleulm.dl.checkpoint import load_checkpoint
 from napari_cycleulm.errors import CycleULMError
-from napari_cycleulm.translate import iter_translate, translate
+from napari_cycleulm.dl.mbdt_inference import iter_translate, translate
 
 from ._tiny_nets import tiny_checkpoints
 

@@ -20,13 +20,13 @@ from napari_cycleulm._napari.widgets.e2e_widget import E2EWidget  # noqa: E402
 from napari_cycleulm._napari.widgets.localise_widget import LocaliseWidget  # noqa: E402
 from napari_cycleulm._napari.widgets.train_widget import PLOTTED_LOSSES, TrainWidget  # noqa: E402
 from napari_cycleulm._napari.widgets.translate_widget import TranslateWidget  # noqa: E402
-from napari_cycleulm.checkpoint import load_checkpoint  # noqa: E402
+from napari_cycleulm.dl.checkpoint import load_checkpoint  # noqa: E402
 from napari_cycleulm.localise import localise_mblnet  # noqa: E402
 from napari_cycleulm.stages import LOCALISERS, run_scale  # noqa: E402
 from napari_cycleulm.temporal import DEFAULT_GATE  # noqa: E402
 from napari_cycleulm.psf import PSF  # noqa: E402
 from napari_cycleulm.roi import count_patches, rois_to_mask  # noqa: E402
-from napari_cycleulm.translate import translate  # noqa: E402
+from napari_cycleulm.dl.mbdt_inference import translate  # noqa: E402
 from napari_cycleulm._tests._gui import run_widget, wait_for_worker  # noqa: E402
 
 pytestmark = pytest.mark.gui
@@ -255,7 +255,7 @@ def test_train_widget_stop_keeps_a_loadable_checkpoint(train_setup, qtbot, tmp_p
 
 
 def test_missing_default_weights_are_a_notification_not_a_crash(make_napari_viewer, monkeypatch, tmp_path):
-    from napari_cycleulm.models import DEFAULT_WEIGHTS
+    from napari_cycleulm.dl.models import DEFAULT_WEIGHTS
 
     # An installation whose default weights file is missing (the dict is shared by models and the picker).
     monkeypatch.setitem(DEFAULT_WEIGHTS, "mbtnet", tmp_path / "missing" / "mbtnet_default.pt")

@@ -33,8 +33,8 @@ import torch.nn.functional as F
 
 from ..arrays import as_frames, as_image
 from ..errors import CycleULMError
-from ..models import resolve_network
-from ..nets import MBLNET_CHANNELS
+from ..dl.models import resolve_network
+from ..dl.nets import MBLNET_CHANNELS
 from ..io.tables import Localisations
 from .peaks import find_peaks
 

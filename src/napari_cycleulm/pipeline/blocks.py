@@ -151,7 +151,7 @@ class RunPlan:
     def networks(self) -> dict:
         """Loaded checkpoints by kind (loaded on first use)."""
         if self._networks is None:
-            from ..models import load_model
+            from ..dl.models import load_model
 
             self._networks = {kind: load_model(kind, src, self.device)
                               for kind, src in self.network_sources.items()}

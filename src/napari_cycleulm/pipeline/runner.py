@@ -50,7 +50,7 @@ class _Timer:
 
 def _load_networks(spec: PipelineSpec, sources: dict, device) -> dict:
     """Load the checkpoints a pipeline needs (clear errors for missing weights)."""
-    from ..models import load_model
+    from ..dl.models import load_model
 
     return {kind: load_model(kind, sources.get(kind), device) for kind in spec.networks}
 
@@ -201,7 +201,7 @@ def plan_run(
     mb_only = get_denoiser(spec.denoise).mb_only
     mb_psf = psf.mbonly() if (psf is not None and mb_only) else None
     if mb_psf is not None:
-        from ..models import check_psf_in_range
+        from ..dl.models import check_psf_in_range
 
         for ckpt in nets.values():
             msg = check_psf_in_range(mb_psf, ckpt)

@@ -47,9 +47,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from ..dl.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from ..errors import CycleULMError
-from ..nets import DISPLAY_NAMES, MBDT, MBLNet, MBTNet
+from ..dl.nets import DISPLAY_NAMES, MBDT, MBLNet, MBTNet
 from ..progress import Progress
 from ..simulate.mb_only import SyntheticConfig
 
@@ -67,7 +67,7 @@ class TrainResult:
     ----------
     model : torch.nn.Module
         The trained network (on the training device, eval mode).  For MB-DT
-        the whole :class:`~napari_cycleulm.nets.MBDT` (``model.g_ab`` is the
+        the whole :class:`~napari_cycleulm.dl.nets.MBDT` (``model.g_ab`` is the
         translator).
     checkpoint_path : pathlib.Path or None
         The checkpoint written at ``out`` (None when ``out`` was not given).
@@ -294,7 +294,7 @@ def _run(
 def _default_weights_path(kind: str) -> Path:
     """Path of the shipped default weights (``models.DEFAULT_WEIGHTS`` when available)."""
     try:
-        from ..models import DEFAULT_WEIGHTS  # owned by the inference helper
+        from ..dl.models import DEFAULT_WEIGHTS  # owned by the inference helper
 
         return Path(DEFAULT_WEIGHTS[kind])
     except (ImportError, KeyError, AttributeError):

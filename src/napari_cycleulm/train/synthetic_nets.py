@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import losses as L
+from ..dl import losses as L
 from ..device import resolve_device
 from ..errors import CycleULMError
-from ..nets import DISPLAY_NAMES
-from ..nets.mbtnet import UPSCALE as MBTNET_UPSCALE
+from ..dl.nets import DISPLAY_NAMES
+from ..dl.nets.mbtnet import UPSCALE as MBTNET_UPSCALE
 from ..progress import Progress, drive
 from ..psf import PSF
 from ..simulate.mb_only import SyntheticConfig, synthetic_patches, synthetic_sequences
@@ -169,9 +169,9 @@ def iter_train_mblnet(
         As in :func:`iter_train_mbdt`.  The preview is the probability map of a
         fixed synthetic 64x64 image.
     model_config : dict, optional
-        :class:`~napari_cycleulm.nets.MBLNet` arguments (from scratch).
+        :class:`~napari_cycleulm.dl.nets.MBLNet` arguments (from scratch).
     loss_params : dict, optional
-        Extra arguments of :func:`~napari_cycleulm.losses.mblnet_loss`
+        Extra arguments of :func:`~napari_cycleulm.dl.losses.mblnet_loss`
         (``pos_weight``, ``localisation_weight``, ``count_weight``).
 
     Returns
@@ -259,10 +259,10 @@ def iter_train_mbtnet(
         As in :func:`iter_train_mblnet`; the preview is the trajectory
         probability map (4x resolution) of a fixed synthetic sequence.
     model_config : dict, optional
-        :class:`~napari_cycleulm.nets.MBTNet` arguments (``n_frames`` is set
+        :class:`~napari_cycleulm.dl.nets.MBTNet` arguments (``n_frames`` is set
         from ``n_frames``).
     loss_params : dict, optional
-        Extra arguments of :func:`~napari_cycleulm.losses.mbtnet_loss`;
+        Extra arguments of :func:`~napari_cycleulm.dl.losses.mbtnet_loss`;
         ``pos_weight`` defaults to :data:`MBTNET_POS_WEIGHT` (10, the shipped
         weights' value; pass ``{"pos_weight": None}`` for an unweighted BCE).
 

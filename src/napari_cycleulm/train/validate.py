@@ -17,11 +17,11 @@ import torch
 from torch import nn
 
 from ..arrays import as_frames, intensity_scale, mbdt_input_scale
-from ..checkpoint import Checkpoint
+from ..dl.checkpoint import Checkpoint
 from ..device import resolve_device
 from ..errors import CycleULMError
 from ..io.tables import Localisations
-from ..nets.mbtnet import UPSCALE as MBTNET_UPSCALE
+from ..dl.nets.mbtnet import UPSCALE as MBTNET_UPSCALE
 from ..psf import PSF
 from ..simulate.mb_only import SyntheticConfig, synthetic_patches, synthetic_sequences
 from .loop import _check_int, _sigma_range
@@ -190,7 +190,7 @@ def validate_mbdt(
     """
     from ..localise import localise_ncc
     from ..evaluate.metrics import precision_recall_sweep
-    from ..translate import translate
+    from ..dl.mbdt_inference import translate
 
     net = _as_module(model)
     dev = resolve_device(device)

@@ -15,10 +15,10 @@ import napari
 from magicgui.widgets import ComboBox, FileEdit, Label
 from qtpy.QtCore import QEvent, QObject
 
-from ...checkpoint import Checkpoint
+from ...dl.checkpoint import Checkpoint
 from ...errors import CycleULMError
-from ...models import DEFAULT_WEIGHTS, load_model
-from ...nets import DISPLAY_NAMES
+from ...dl.models import DEFAULT_WEIGHTS, load_model
+from ...dl.nets import DISPLAY_NAMES
 
 #: Layer metadata key: ``{kind: checkpoint path}`` of models trained on that layer.
 MODELS_METADATA_KEY = "cycleulm_models"
@@ -135,7 +135,7 @@ class ModelPicker:
         self.active.tooltip = text
 
     def source(self) -> str | Path:
-        """The model source for :func:`~napari_cycleulm.models.load_model` ("default" or a path).
+        """The model source for :func:`~napari_cycleulm.dl.models.load_model` ("default" or a path).
 
         Raises
         ------

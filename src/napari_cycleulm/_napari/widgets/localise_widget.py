@@ -7,7 +7,7 @@ from magicgui.widgets import ComboBox, FloatSpinBox
 from napari.layers import Image
 from napari.utils.notifications import show_warning
 
-from ...models import check_psf_in_range
+from ...dl.models import check_psf_in_range
 from ...stages import LOCALISERS, iter_localise
 from ...io.tables import Localisations
 from ._base import StageWidget

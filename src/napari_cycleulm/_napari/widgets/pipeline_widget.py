@@ -80,7 +80,7 @@ def pipeline_job(
     CycleULMError
         No or bad layer, unknown pipeline, a layer without PSF, missing weights.
     """
-    from ...models import load_model
+    from ...dl.models import load_model
 
     frames = stack_from_layer(layer)  # lazy stays lazy: the pipeline reads it block by block
     iq = layer.metadata.get("cycleulm_iq")

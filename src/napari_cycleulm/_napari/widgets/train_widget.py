@@ -14,7 +14,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, S
 from napari.layers import Image, Shapes
 
 from ..._atomic import atomic_path
-from ...checkpoint import load_checkpoint
+from ...dl.checkpoint import load_checkpoint
 from ...errors import CycleULMError
 from ...progress import Progress
 from ...roi import count_patches, rois_to_mask

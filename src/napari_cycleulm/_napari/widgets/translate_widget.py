@@ -12,7 +12,7 @@ from ...errors import CycleULMError
 from ...progress import Progress
 from ...stages import CALIBRATION_FRAMES, run_scale
 from ...temporal import DEFAULT_GATE, GATE_MODES, gate_kwargs
-from ...translate import iter_translate
+from ...dl.mbdt_inference import iter_translate
 from ._base import StageWidget
 from ._layers import (
     add_result, geometry_of, psf_or_auto, psf_params, result_buffer, result_metadata, result_name,

@@ -28,8 +28,8 @@ from qtpy.QtWidgets import QGroupBox, QVBoxLayout
 
 from .. import sample_data as _sample_data
 from ...errors import CycleULMError
-from ...models import DEFAULT_WEIGHTS
-from ...nets import DISPLAY_NAMES
+from ...dl.models import DEFAULT_WEIGHTS
+from ...dl.nets import DISPLAY_NAMES
 from ...pipeline import PIPELINES
 from ...psf import PSF
 from ._base import StageWidget

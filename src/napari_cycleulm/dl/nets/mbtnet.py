@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..errors import CycleULMError
+from ...errors import CycleULMError
 from .blocks import UNetDecoder, UNetEncoder, UpBlock, pad_to_multiple, scale_crop
 
 CHANNELS = ("traj_logit", "vy", "vx")
@@ -119,7 +119,7 @@ class MBTNet(nn.Module):
         Width of the first encoder stage (then x2, x4); the ConvLSTMs keep
         the width of their level.
     norm : str
-        ``"none"`` (default, see :class:`~napari_cycleulm.nets.mblnet.MBLNet`),
+        ``"none"`` (default, see :class:`~napari_cycleulm.dl.nets.mblnet.MBLNet`),
         ``"batch"`` or ``"instance"``.
     act : str
         ``"leaky"`` (default) or ``"relu"``.

@@ -1,6 +1,6 @@
 """Finding and loading the CycleULM networks for inference.
 
-Every inference function (:func:`~napari_cycleulm.translate.translate`,
+Every inference function (:func:`~napari_cycleulm.dl.mbdt_inference.translate`,
 :func:`~napari_cycleulm.localise.mblnet.localise_mblnet`,
 :class:`~napari_cycleulm.e2e.E2EAccumulator`, the pipelines) accepts a
 *model source*:
@@ -8,9 +8,9 @@ Every inference function (:func:`~napari_cycleulm.translate.translate`,
 ``None`` or ``"default"``
     The weights shipped with the package (:data:`DEFAULT_WEIGHTS`).
 a path
-    A checkpoint written by :func:`~napari_cycleulm.checkpoint.save_checkpoint`
+    A checkpoint written by :func:`~napari_cycleulm.dl.checkpoint.save_checkpoint`
     (e.g. by ``cycleulm train``).
-a :class:`~napari_cycleulm.checkpoint.Checkpoint`
+a :class:`~napari_cycleulm.dl.checkpoint.Checkpoint`
     Already loaded.
 a ``torch.nn.Module``
     Used as is (inference functions only; handy for freshly trained networks).
@@ -29,14 +29,14 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, _check_kind, load_checkpoint
-from .device import resolve_device
-from .errors import CycleULMError
+from ..device import resolve_device
+from ..errors import CycleULMError
 from .nets import DISPLAY_NAMES
 
 __all__ = ["DEFAULT_WEIGHTS", "WEIGHTS_DIR", "check_psf_in_range", "load_model", "resolve_network"]
 
 #: Folder of the shipped weights.
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 
 #: Checkpoint kind -> shipped default weights.
 DEFAULT_WEIGHTS: dict[str, Path] = {

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._atomic import atomic_path
-from .device import resolve_device
-from .errors import CycleULMError
+from .._atomic import atomic_path
+from ..device import resolve_device
+from ..errors import CycleULMError
 from .nets import DISPLAY_NAMES, NETWORKS
 
 FORMAT_NAME = "napari-cycleulm checkpoint"
@@ -156,7 +156,7 @@ def save_checkpoint(
     path : str or PathLike
         Destination (conventionally ``*.pt``); parent folders are created.
     model : torch.nn.Module
-        An :class:`~napari_cycleulm.nets.MBDT`, ``MBLNet`` or ``MBTNet``.
+        An :class:`~napari_cycleulm.dl.nets.MBDT`, ``MBLNet`` or ``MBTNet``.
     kind : str
         ``"mbdt"``, ``"mblnet"`` or ``"mbtnet"``; must match the model class.
     config : dict, optional

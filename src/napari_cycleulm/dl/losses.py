@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import CycleULMError
-from .psf import gaussian_kernel
+from ..errors import CycleULMError
+from ..psf import gaussian_kernel
 
 #: CycleGAN default weight of the two cycle-consistency terms (Zhu et al. 2017).
 LAMBDA_CYCLE = 10.0
@@ -405,7 +405,7 @@ def mblnet_loss(
     ----------
     output : torch.Tensor
         ``(N, 7, H, W)`` MBL-Net output (channel order
-        :data:`napari_cycleulm.nets.mblnet.CHANNELS`).
+        :data:`napari_cycleulm.dl.nets.mblnet.CHANNELS`).
     presence_map : torch.Tensor
         ``(N, 1, H, W)`` or ``(N, H, W)`` GT presence (1 at the pixel of each bubble).
     gt_params, gt_mask : torch.Tensor

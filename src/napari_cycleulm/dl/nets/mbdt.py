@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CycleULMError
+from ...errors import CycleULMError
 from .blocks import ConvNormAct, UNet, _check_choice
 
 OUTPUT_ACTIVATIONS = ("softplus", "relu", "none")

@@ -21,12 +21,12 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from . import io as ulm_io
-from .arrays import as_frames, as_image, intensity_scale, mbdt_input_scale
-from .errors import CycleULMError
+from .. import io as ulm_io
+from ..arrays import as_frames, as_image, intensity_scale, mbdt_input_scale
+from ..errors import CycleULMError
 from .models import resolve_network
-from .stages import run_scale
-from .temporal import block_gate
+from ..stages import run_scale
+from ..temporal import block_gate
 
 __all__ = ["translate", "iter_translate", "intensity_scale"]
 
@@ -82,7 +82,7 @@ def translate(
     frames : array_like
         ``(T, H, W)`` CEUS envelope frames (any size: the network pads internally).
     model : None, "default", path, Checkpoint or torch.nn.Module
-        The MB-DT (see :mod:`napari_cycleulm.models`); a module is called on
+        The MB-DT (see :mod:`napari_cycleulm.dl.models`); a module is called on
         ``(N, 3, H, W)`` (its ``translate`` method when it has one).
     scale : float, optional
         Intensity factor applied to the frames (and to ``before`` / ``after``)

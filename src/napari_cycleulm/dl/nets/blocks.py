@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CycleULMError
+from ...errors import CycleULMError
 
 NORMS = ("instance", "batch", "none")
 ACTIVATIONS = ("relu", "leaky", "none")

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CycleULMError
+from ...errors import CycleULMError
 from .blocks import ConvNormAct, UNet
 
 CHANNELS = ("p_logit", "intensity", "dy", "dx", "s_int", "s_y", "s_x")
