@@ -85,7 +85,7 @@ from napari_cycleulm.pipeline import CALIBRATION_FRAMES, run_pipeline
 from napari_cycleulm.preprocess import DEFAULT_CLUTTER_FILTER, clutter_filtered
 from napari_cycleulm.psf import PSF, bubble_patches, estimate_psf_auto
 from napari_cycleulm.simulate import isolated_positions, simulate
-from napari_cycleulm.translate import translate
+from napari_cycleulm.dl.mbdt_inference import translate
 
 #: Pipelines scored on localisations (F1 at 1 px).
 LOCALISING = ("baseline1", "baseline2", "cycleulm-ncc", "cycleulm-decon", "cycleulm-loc")
@@ -406,7 +406,7 @@ def run_setting(setting: Setting, args) -> dict:
             rows[name] = score_pipeline(sim, name, psf, gt_map, mbdt=mbdt, mblnet=nets["mblnet"])
             r = rows[name]
             f1 = "" if "f1" not in r else f"F1 {r['f1']:.3f} (R {r['recall']:.3f}, P {r['precision']:.3f}) "
-            sr = "" if "sr_rmse" not in r else f"SR RMSE {r['sr_rmse']:.4f} spill {r['spill']:.3f} "
+            sr = "" if "sr_rmse" not in r else f"SR RMSE {_fmt(r['sr_rmse'], 4)} spill {_fmt(r['spill'])} "
             print(f"   [{label}] {name:>15}: {f1}{sr}{r.get('error', '')} ({r['seconds']} s)", flush=True)
         return rows
 
@@ -478,7 +478,7 @@ def _print_mip(before, after, label):
 
 def _weights_fingerprint(args) -> dict:
     """SHA-256 (first 12 hex digits) of the weight files used, so runs can be told apart."""
-    from napari_cycleulm.models import DEFAULT_WEIGHTS
+    from napari_cycleulm.dl.models import DEFAULT_WEIGHTS
 
     out = {}
     for kind, given in (("mbdt", args.mbdt), ("mblnet", args.mblnet), ("mbtnet", "default")):

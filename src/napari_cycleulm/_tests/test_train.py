@@ -72,7 +72,9 @@ def test_mbdt_steps_yield_losses_preview_and_checkpoint(stack, tmp_path):
     assert ck.extra["history"]["total"] == h["total"]
     norm = ck.extra["normalisation"]
     assert norm["percentile"] == 99.9
-    assert norm["scale"][0] == pytest.approx(1 / np.percentile(stack, 99.9), rel=1e-5)
+    from napari_cycleulm.arrays import mbdt_input_scale
+
+    assert norm["scale"][0] == pytest.approx(mbdt_input_scale(stack), rel=1e-5)
     assert ck.extra["sigma_range_px"] == ((0.75, 0.75), (1.0, 1.0))
     assert ck.extra["training"]["batch_size"] == 2 and ck.config == result.model.config
     assert set(ck.optimizer_state) == {"g", "d"}
@@ -234,6 +236,27 @@ def test_domain_b_matches_the_data_bubble_count():
     assert dense.n_max >= 2 * sparse.n_max
     lo, hi = dense.intensity_range
     assert 0.05 <= lo < hi <= 1.5
+
+
+def test_a_known_count_replaces_the_detector_capped_one():
+    """A simulated stack's true density sets domain B's count; the amplitudes are still measured."""
+    frames = _bubble_stack(12)
+    measured, info_m = train.domain_b_config(frames, CEUS_PSF, n_frames=20)
+    known, info_k = train.domain_b_config(frames, CEUS_PSF, n_frames=20, mean_count=6.0)
+    assert info_k["mbs_per_patch"] == 6.0 and info_k["mbs_per_patch_measured"] == info_m["mbs_per_patch"]
+    assert known.n_max == 12 and known.intensity_range == measured.intensity_range
+    with pytest.raises(CycleULMError, match="mean_count"):
+        train.domain_b_config(frames, CEUS_PSF, n_frames=20, mean_count=-1.0)
+
+
+def test_mbdt_takes_known_domain_b_counts_per_stack(stack):
+    res = train.train_mbdt([stack, stack], [CEUS_PSF, CEUS_PSF], domain_b_counts=[4.0, None], **mbdt_kw(steps=1))
+    per_stack = res.config["domain_b_measured"]
+    assert per_stack[0]["mbs_per_patch"] == 4.0
+    assert per_stack[1]["mbs_per_patch"] == per_stack[1]["mbs_per_patch_measured"]
+    assert res.config["domain_b_counts"] == "known (given)"
+    with pytest.raises(CycleULMError, match="domain_b_counts"):
+        train.train_mbdt(stack, CEUS_PSF, domain_b_counts=[1.0, 2.0], **mbdt_kw(steps=1))
 
 
 def test_mbdt_domain_b_defaults_to_the_data_and_records_it(stack):

@@ -12,9 +12,10 @@
 
 Normalisation
 -------------
-CEUS input to MB-DT is multiplied by one scale for the whole stack so that
-its 99.9th percentile is 1 (the library-wide convention, also used by
-``pipeline``); the scale and the convention are stored in
+CEUS input to MB-DT is multiplied by one scale for the whole stack,
+:func:`~napari_cycleulm.arrays.mbdt_input_scale` (its 99.9th percentile to 1,
+lowered until its median is at most ``MBDT_BACKGROUND_LEVEL``; the CycleULM
+pipelines use the same rule); the scale and the convention are stored in
 ``checkpoint.extra["normalisation"]``.
 """
 
@@ -29,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .. import losses as L
-from ..arrays import as_frames, intensity_scale, mbdt_input_scale, robust_sigma
+from ..dl import losses as L
+from ..arrays import MBDT_BACKGROUND_LEVEL, as_frames, mbdt_input_scale, robust_sigma
 from ..device import resolve_device
 from ..errors import CycleULMError
 from ..progress import Progress, drive
@@ -95,11 +96,12 @@ class _CeusSource:
         self.domain_b: SyntheticConfig | None = None
         self.domain_b_info: dict = {}
 
-    def match_domain_b(self, base: SyntheticConfig | None, count_factor: float, n_frames: int = 40) -> None:
+    def match_domain_b(self, base: SyntheticConfig | None, count_factor: float, n_frames: int = 40,
+                       mean_count: float | None = None) -> None:
         """Set this stack's domain-B counts and intensities from its bubbles (:func:`domain_b_config`)."""
         self.domain_b, self.domain_b_info = domain_b_config(
             self.frames, self.psf, scale=self.scale, mask=self.mask, patch_size=self.p,
-            n_frames=n_frames, base=base, count_factor=count_factor,
+            n_frames=n_frames, base=base, count_factor=count_factor, mean_count=mean_count,
         )
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -141,6 +143,7 @@ def domain_b_config(
     n_frames: int = 40,
     base: SyntheticConfig | None = None,
     count_factor: float = DOMAIN_B_COUNT_FACTOR,
+    mean_count: float | None = None,
     device: str | torch.device | None = None,
 ) -> tuple[SyntheticConfig, dict]:
     """Domain-B (synthetic MB-only) bubble counts and intensities matched to the data.
@@ -179,6 +182,10 @@ def domain_b_config(
         :data:`DOMAIN_B_COUNT_FACTOR`, 1.0): too many synthetic bubbles make
         MB-DT invent bubbles from speckle, too few make it drop dim ones, and
         the first is the worse error for ULM.
+    mean_count : float, optional
+        Known bubbles per patch (e.g. of a simulated training stack): used
+        instead of the measured count, uncapped by the detector (the
+        amplitudes are still measured).
 
     Returns
     -------
@@ -212,7 +219,11 @@ def domain_b_config(
     mad = robust_sigma(sub, axis=(1, 2), center=med)
     inside = roi[iy, ix] & (amp_all > med[fr] + 3.0 * mad[fr])
     per_px = inside.sum() / (len(idx) * max(roi.sum(), 1))
-    mean_count = float(per_px * patch_size**2)
+    measured = float(per_px * patch_size**2)
+    if mean_count is None:
+        mean_count = measured
+    elif not (np.isfinite(mean_count) and mean_count >= 0):
+        raise CycleULMError(f"mean_count must be a number of bubbles per patch >= 0, got {mean_count}.")
     amp = amp_all[inside]
     cfg = dataclasses.replace(base) if base is not None else SyntheticConfig()
     # The count misses the dimmer and the overlapping bubbles: on five
@@ -229,7 +240,8 @@ def domain_b_config(
     else:
         lo = hi = float("nan")
     cfg.validate()
-    info = {"mbs_per_patch": mean_count, "n_detections": int(inside.sum()),
+    info = {"mbs_per_patch": float(mean_count), "mbs_per_patch_measured": measured,
+            "n_detections": int(inside.sum()),
             "frames_measured": int(len(idx)),
             "intensity_percentiles_5_95": [float(lo), float(hi)]}
     return cfg, info
@@ -267,6 +279,7 @@ def iter_train_mbdt(
     seed: int = 0,
     synthetic_config: SyntheticConfig | None = None,
     domain_b_count_factor: float = DOMAIN_B_COUNT_FACTOR,
+    domain_b_counts=None,
     save_on_stop: bool = False,
     model_config: dict | None = None,
 ) -> Generator[Progress, None, TrainResult]:
@@ -335,6 +348,10 @@ def iter_train_mbdt(
     domain_b_count_factor : float
         With the default domain B: mean synthetic bubbles per patch relative to
         the count measured in the data (see :func:`domain_b_config`).
+    domain_b_counts : float or list of (float or None), optional
+        With the default domain B: known bubbles per patch of each stack (a
+        simulated training stack's true density), instead of the measured,
+        detector-capped count; None for a stack keeps its measured count.
     save_on_stop : bool
         On Stop, write the current weights to ``out`` (atomically) instead of
         keeping only the last periodic checkpoint.
@@ -390,6 +407,9 @@ def iter_train_mbdt(
     syn = synthetic_config or SyntheticConfig()
     syn.validate()
     match_data = synthetic_config is None
+    known_counts = _as_list(domain_b_counts) if domain_b_counts is not None else [None] * len(stacks)
+    if len(known_counts) != len(stacks):
+        raise CycleULMError(f"got {len(stacks)} stacks but {len(known_counts)} domain_b_counts.")
 
     sources = []
     for i, (stack, ps, roi) in enumerate(zip(stacks, psfs, rois)):
@@ -411,7 +431,7 @@ def iter_train_mbdt(
             )
         source = _CeusSource(arr, ps, mask, p)
         if match_data:
-            source.match_domain_b(None, domain_b_count_factor)
+            source.match_domain_b(None, domain_b_count_factor, mean_count=known_counts[i])
         sources.append(source)
 
     dev = resolve_device(device)
@@ -509,6 +529,8 @@ def iter_train_mbdt(
         ),
         "domain_b": "matched to the data" if match_data else "given",
         "domain_b_count_factor": float(domain_b_count_factor) if match_data else None,
+        "domain_b_counts": "known (given)" if match_data and any(c is not None for c in known_counts)
+        else ("measured" if match_data else None),
         "domain_b_measured": [s.domain_b_info for s in sources] if match_data else None,
         "notes": notes,
     }
@@ -516,11 +538,12 @@ def iter_train_mbdt(
         "sigma_range_px": (span(mb_sig, 0), span(mb_sig, 1)),  # MB-only PSF sigmas it outputs
         "ceus_sigma_range_px": (span(ceus_sig, 0), span(ceus_sig, 1)),
         "normalisation": {
-            "method": "percentile",
+            "method": "mbdt_input_scale",
             "percentile": NORMALISATION_PERCENTILE,
+            "background_level": MBDT_BACKGROUND_LEVEL,
             "scale": [float(s.scale) for s in sources],
             "rule": "CEUS frames are multiplied by one scale per stack so that the stack's "
-                    "99.9th percentile is 1",
+                    "99.9th percentile is 1, lowered until its median is at most background_level",
         },
         "psfs": [s.psf.to_dict() | {"kernel": None, "mbonly_kernel": None, "measured": None}
                  for s in sources] if len(sources) > 1 else None,
