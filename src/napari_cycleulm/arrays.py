@@ -72,6 +72,16 @@ def as_image(image, name: str = "image") -> np.ndarray:
     return as_frames(arr, name=name)[0]
 
 
+def _every_kth_frame(frames, max_values: float | None) -> np.ndarray:
+    """``frames``, or every k-th frame of them so that about ``max_values`` values remain."""
+    arr = np.asarray(frames)
+    if max_values is not None and arr.ndim >= 1:
+        stride = max(1, int(np.ceil(arr.size / max_values)))
+        if 1 < stride < arr.shape[0]:
+            arr = arr[::stride]
+    return arr
+
+
 def intensity_scale(frames, percentile: float = 99.9, max_values: float | None = None) -> float:
     """Factor that maps the ``percentile`` of ``frames`` to 1.
 
@@ -94,11 +104,7 @@ def intensity_scale(frames, percentile: float = 99.9, max_values: float | None =
         The factor; the maximum absolute value is used when the percentile is
         not positive, and 1 for an all-zero input.
     """
-    arr = np.asarray(frames)
-    if max_values is not None and arr.ndim >= 1:
-        stride = max(1, int(np.ceil(arr.size / max_values)))
-        if 1 < stride < arr.shape[0]:
-            arr = arr[::stride]
+    arr = _every_kth_frame(frames, max_values)
     ref = intensity_reference(arr, percentile)
     return 1.0 / ref if ref > 0 else 1.0
 
@@ -138,11 +144,7 @@ def mbdt_input_scale(frames, percentile: float = 99.9, max_values: float | None 
     float
         The factor (> 0) that MB-DT's input frames are multiplied by.
     """
-    arr = np.asarray(frames)
-    if max_values is not None and arr.ndim >= 1:
-        stride = max(1, int(np.ceil(arr.size / max_values)))
-        if 1 < stride < arr.shape[0]:
-            arr = arr[::stride]
+    arr = _every_kth_frame(frames, max_values)
     scale = intensity_scale(arr, percentile)
     median = float(np.median(arr)) * scale
     if median > MBDT_BACKGROUND_LEVEL:

@@ -2,7 +2,7 @@
 
 MBL-Net predicts, for every pixel, the probability ``p`` that a bubble lies
 in it, the bubble's intensity, its sub-pixel offset ``(dy, dx)`` from the
-pixel centre and the three uncertainties (:mod:`napari_cycleulm.nets.mblnet`).
+pixel centre and the three uncertainties (:mod:`napari_cycleulm.dl.nets.mblnet`).
 
 Decoding (as DECODE, Speiser et al. 2021)
 -----------------------------------------
@@ -103,7 +103,7 @@ def decode_mblnet(outputs, threshold: float = 0.5) -> Localisations:
     Parameters
     ----------
     outputs : torch.Tensor or array_like
-        ``(T, 7, H, W)`` in :data:`~napari_cycleulm.nets.MBLNET_CHANNELS` order.
+        ``(T, 7, H, W)`` in :data:`~napari_cycleulm.dl.nets.MBLNET_CHANNELS` order.
     threshold : float
         Minimum summed 3x3 probability (exclusive), in ``[0, 9)``.
 
@@ -168,9 +168,9 @@ def localise_mblnet(
     mb_frames : array_like
         ``(T, H, W)`` (or ``(H, W)``) MB-only frames in the network's
         intensity convention (background ~0, bubble peaks ~0.1-1), e.g. the
-        output of :func:`napari_cycleulm.translate.translate`.
+        output of :func:`napari_cycleulm.dl.mbdt_inference.translate`.
     model : None, "default", path, Checkpoint or torch.nn.Module
-        The MBL-Net (see :mod:`napari_cycleulm.models`).
+        The MBL-Net (see :mod:`napari_cycleulm.dl.models`).
     threshold : float
         Minimum probability summed over a 3x3 neighbourhood (default 0.5:
         more likely a bubble than not).

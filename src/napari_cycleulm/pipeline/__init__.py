@@ -40,7 +40,7 @@ Pipelines (the paper's names)
 
 The CycleULM pipelines take their networks as ``mbdt=``, ``mblnet=``,
 ``mbtnet=`` (None / ``"default"`` for the shipped weights, a checkpoint path
-or a loaded :class:`~napari_cycleulm.checkpoint.Checkpoint`).  MB-DT runs
+or a loaded :class:`~napari_cycleulm.dl.checkpoint.Checkpoint`).  MB-DT runs
 block by block with the neighbouring frame of the adjacent block as context,
 so results do not depend on ``block_size``.  NCC and deconvolution on MB-only
 frames use the MB-only PSF ``psf.mbonly()`` (the CEUS PSF shrunk by 0.5).

@@ -324,7 +324,7 @@ def iter_train_mbdt(
     lr : float
         Adam learning rate (2e-4, CycleGAN).
     lambda_cycle, lambda_similarity : float
-        Loss weights (10 and 1, see :mod:`napari_cycleulm.losses`).
+        Loss weights (10 and 1, see :mod:`napari_cycleulm.dl.losses`).
     patch_size : int
         Patch side (paper: 40).
     out : path, optional
@@ -356,7 +356,7 @@ def iter_train_mbdt(
         On Stop, write the current weights to ``out`` (atomically) instead of
         keeping only the last periodic checkpoint.
     model_config : dict, optional
-        :class:`~napari_cycleulm.nets.MBDT` arguments when training from scratch.
+        :class:`~napari_cycleulm.dl.nets.MBDT` arguments when training from scratch.
 
     Yields
     ------
