@@ -577,7 +577,7 @@ def cmd_demo(args) -> int:
             elapsed = time.perf_counter() - t0
             row = {"pipeline": name, "localisations": res.n_localisations, "tracks": res.n_tracks,
                    "recall": None, "precision": None, "F1": None, "error_um": None}
-            if PIPELINES[name].localise != "e2e":  # E2E makes SR maps only
+            if not PIPELINES[name].end_to_end:  # E2E makes SR maps only
                 m = match_localisations(sim.ground_truth, res.localisations, tolerance=args.tolerance)
                 row.update(recall=m.recall, precision=m.precision, F1=m.f1, error_um=m.mean_error_px * px)
             rows.append({**row, "seconds": elapsed})

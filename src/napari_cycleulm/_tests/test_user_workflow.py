@@ -104,7 +104,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, tmp_path):
         assert density.data.max() > 0 and density.colormap.name == "hot"
         assert density.metadata["cycleulm"]["source"] == "CEUS 40"
         np.testing.assert_allclose(density.scale[-2:], np.asarray(stack.scale[-2:]) / 4)
-        if PIPELINES[name].localise != "e2e":
+        if not PIPELINES[name].end_to_end:
             assert len(viewer.layers[f"[{name}] CEUS 40 localisations"].data) > 0
 
     # 5. MB-only frames for the evaluation
@@ -144,7 +144,7 @@ def test_whole_workflow_on_the_sample(make_napari_viewer, qtbot, tmp_path):
     acc.run_button.native.click()
     wait_for_worker(qtbot, acc)
     assert acc.last_error is None, acc.last_error
-    assert len(acc.rows) == sum(spec.localise != "e2e" for spec in PIPELINES.values())
+    assert len(acc.rows) == sum(not spec.end_to_end for spec in PIPELINES.values())
     assert all(r["recall"] > 0.1 for r in acc.rows), acc.rows
 
     # 7. export every CycleULM result

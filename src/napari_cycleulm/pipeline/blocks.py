@@ -268,7 +268,7 @@ def plan_network(plan: RunPlan) -> str | None:
     """Checkpoint kind of the plan's localiser (None for methods without a network)."""
     from ..stages import LOCALISERS
 
-    return None if plan.spec.localise == "e2e" else LOCALISERS[plan.spec.localise].network
+    return None if plan.spec.end_to_end else LOCALISERS[plan.spec.localise].network
 
 
 __all__ = ["BlockResult", "RunPlan", "WindowPlan", "mb_only_frames", "process_block"]

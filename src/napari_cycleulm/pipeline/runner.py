@@ -133,7 +133,7 @@ def plan_run(
         raise CycleULMError(f"block_size must be >= 1, got {block_size}.")
     if target_count is not None and target_count < 1:
         raise CycleULMError(f"target_count must be a positive number, got {target_count}.")
-    e2e = spec.localise == "e2e"
+    e2e = spec.end_to_end
     if e2e and target_count is not None:
         raise CycleULMError(
             "target_count does not apply to cycleulm-e2e, which produces no localisations; "
@@ -184,7 +184,7 @@ def plan_run(
         try:
             psf = estimate_psf_auto(calibration, pixel_size_um=pixel_size_um).psf
         except CycleULMError as exc:
-            if spec.localise not in ("mblnet", "e2e"):
+            if not spec.psf_optional:
                 raise
             # These pipelines need the PSF only to check the networks' training range.
             warnings.warn(
@@ -195,7 +195,7 @@ def plan_run(
             )
             psf = None
         timer.add("psf", t0)
-    if not (psf is None and spec.localise in ("mblnet", "e2e")):
+    if not (psf is None and spec.psf_optional):
         psf = _check_psf(psf)
         check_psf_extent(psf, shape[1:])
     mb_only = get_denoiser(spec.denoise).mb_only

@@ -24,7 +24,9 @@ class PipelineSpec:
 
     name: str
     denoise: str  # a key of stages.DENOISERS: "threshold" | "none" | "mbdt"
-    localise: str  # a key of stages.LOCALISERS, or "e2e"
+    #: A key of stages.LOCALISERS; None for an end-to-end pipeline that localises nothing
+    #: (MBT-Net's trajectory maps are its SR maps, :attr:`end_to_end`).
+    localise: str | None
     description: str
     #: Default threshold: NCC score, deconvolution amplitude in normalised
     #: intensity units (the run's 99.9th percentile is 1; MB-only units after
@@ -38,25 +40,35 @@ class PipelineSpec:
     motion_prior: str = "none"
 
     @property
+    def end_to_end(self) -> bool:
+        """True when the SR maps come from MBT-Net's trajectory maps, without localisations or tracks."""
+        return self.localise is None
+
+    @property
+    def psf_optional(self) -> bool:
+        """True when the pipeline can run without a PSF (it then only skips the networks' range check)."""
+        return self.end_to_end or not LOCALISERS[self.localise].needs_psf
+
+    @property
     def networks(self) -> tuple[str, ...]:
         """Checkpoint kinds this pipeline needs."""
         network = DENOISERS[self.denoise].network
         nets = (network,) if network else ()
-        if self.localise == "e2e":
+        if self.end_to_end:
             return nets + ("mbtnet",)
         network = LOCALISERS[self.localise].network
         nets = nets + ((network,) if network else ())
         return nets + (("mbtnet",) if self.motion_prior == "mbtnet" else ())
 
 
-def _spec(name: str, denoise: str, localise: str, description: str, motion_prior: str = "none") -> PipelineSpec:
+def _spec(name: str, denoise: str, localise: str | None, description: str, motion_prior: str = "none") -> PipelineSpec:
     """A pipeline whose default threshold is its localiser's for its input domain.
 
     MB-DT's output is gated by :data:`~napari_cycleulm.temporal.DEFAULT_GATE`.
     """
     from ..temporal import DEFAULT_GATE
 
-    threshold = (E2E_PROB_THRESHOLD if localise == "e2e"
+    threshold = (E2E_PROB_THRESHOLD if localise is None
                  else LOCALISERS[localise].default_threshold(mb_only=DENOISERS[denoise].mb_only))
     return PipelineSpec(name, denoise, localise, description, threshold,
                         gate=DEFAULT_GATE if DENOISERS[denoise].mb_only else "none", motion_prior=motion_prior)
@@ -69,7 +81,7 @@ PIPELINES: dict[str, PipelineSpec] = {
         _spec("cycleulm-ncc", "mbdt", "ncc", "MB-DT + NCC (MB-only PSF) + tracking"),
         _spec("cycleulm-decon", "mbdt", "decon", "MB-DT + deconvolution (MB-only PSF) + tracking"),
         _spec("cycleulm-loc", "mbdt", "mblnet", "MB-DT + MBL-Net + tracking"),
-        _spec("cycleulm-e2e", "mbdt", "e2e", "MB-DT + MBT-Net trajectory maps (end to end)"),
+        _spec("cycleulm-e2e", "mbdt", None, "MB-DT + MBT-Net trajectory maps (end to end)"),
         _spec("cycleulm-tracks", "mbdt", "mblnet",
               "MB-DT + MBL-Net, tracks linked with MBT-Net's velocity maps as motion prior",
               motion_prior="mbtnet"),

@@ -126,7 +126,7 @@ def add_pipeline_layers(viewer: napari.Viewer, source: Image, result: PipelineRe
     meta[RESULT_KEY]["summary"] = jsonable(summary)
     layers = []
     name = source.name
-    e2e = PIPELINES[result.pipeline].localise == "e2e"
+    e2e = PIPELINES[result.pipeline].end_to_end
     outputs = result.outputs or {}
     if result.localisations is not None and not e2e:
         # Windowed over frames past 100k rows, so millions of localisations stay interactive.
@@ -152,7 +152,7 @@ def _on_disk(path) -> str | None:
 def describe_result(result: PipelineResult) -> str:
     """One status line: counts and time."""
     seconds = sum(result.timings_s.values())
-    if PIPELINES[result.pipeline].localise == "e2e":
+    if PIPELINES[result.pipeline].end_to_end:
         return f"SR maps from MBT-Net in {seconds:.1f} s"
     return f"{result.n_localisations} localisations, {result.n_tracks} tracks in {seconds:.1f} s"
 
