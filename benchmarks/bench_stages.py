@@ -105,7 +105,7 @@ def _worker(stage: str, frames_n: int, device: str | None, cache: str, queue) ->
 
             localise_mblnet(mb, "default", **kw)
         else:
-            from napari_cycleulm.e2e import E2EAccumulator
+            from napari_cycleulm.render.e2e import E2EAccumulator
 
             acc = E2EAccumulator(frames.shape[1:], upsampling=4)
             acc.add(mb, "default", **kw)

@@ -12,7 +12,7 @@ dense with fast flow, this script links the *same* detections three ways:
   perfect prior would give;
 * ``prior_mbtnet``: with the mean velocity maps MBT-Net predicts on the
   MB-DT output of the same acquisition (shipped weights, MB-DT + spatial
-  gate as in the pipelines, :class:`~napari_cycleulm.e2e.E2EAccumulator`).
+  gate as in the pipelines, :class:`~napari_cycleulm.render.e2e.E2EAccumulator`).
 
 Detections are (1) the ground-truth positions with Gaussian noise and a
 fraction of them dropped (``gt_noisy``), and (2) the localisations of the
@@ -69,7 +69,7 @@ def noisy_detections(gt, noise_px: float, drop: float, seed: int) -> Localisatio
 
 def mbtnet_velocity(sim, psf) -> tuple[np.ndarray, np.ndarray, float]:
     """MBT-Net mean velocity maps (x4 grid) on MB-DT's output, as the E2E pipeline makes it."""
-    from napari_cycleulm.e2e import E2EAccumulator
+    from napari_cycleulm.render.e2e import E2EAccumulator
     from napari_cycleulm.dl.models import load_model
     from napari_cycleulm.temporal import DEFAULT_GATE
     from napari_cycleulm.dl.mbdt_inference import iter_translate

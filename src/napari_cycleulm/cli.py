@@ -279,7 +279,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from .render import check_sr_memory
+    from .render.sr_maps import check_sr_memory
 
     path = Path(args.input)
     check_output_dir(args.out, inputs=[path, args.psf, args.mbdt, args.mblnet, args.mbtnet],

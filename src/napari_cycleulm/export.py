@@ -36,7 +36,7 @@ from ._outputs import check_writable_folder
 from ._json import jsonable
 from .errors import CycleULMError
 from .evaluate import mip as _mip  # the one MIP (NaN ignored); `mip` is an export_run flag
-from .render import SRMaps, colormap_from, to_png, write_normalised_png
+from .render.sr_maps import SRMaps, colormap_from, to_png, write_normalised_png
 from .io.tables import PointTable, Tracks
 
 __all__ = [
@@ -296,7 +296,7 @@ def _scale_bar_length_px(scale_bar_mm, pixel_size_um, width) -> tuple[float | No
         )
     if scale_bar_mm == "auto":
         return nice_scale_bar_mm(width, pixel_size_um), float(pixel_size_um)
-    from .render import SCALE_BAR_MAX_FRACTION
+    from .render.sr_maps import SCALE_BAR_MAX_FRACTION
 
     bar = _positive_or_none("scale_bar_mm", scale_bar_mm)
     width_mm = width * float(pixel_size_um) / 1000.0
@@ -323,7 +323,7 @@ def write_png(
     """Write a colour-mapped PNG of a 2-D map, one PNG pixel per map pixel, with a scale bar.
 
     The PNG writer of the exports, the Export widget and the napari writer
-    hook (one path).  It draws with :func:`render.write_normalised_png`, like
+    hook (one path).  It draws with :func:`render.sr_maps.write_normalised_png`, like
     :func:`render.to_png` (the quick-look PNG of pipelines and benchmarks),
     and differs from it only in its defaults and in what it accepts:
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_cycleulm.e2e import E2EAccumulator, window_starts
+from napari_cycleulm.render.e2e import E2EAccumulator, window_starts
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.io import frame_range, read_stack, write_stack
 from napari_cycleulm.pipeline import RunPlan, process_block, run_pipeline

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from napari_cycleulm.e2e import E2EAccumulator, render_e2e
+from napari_cycleulm.render.e2e import E2EAccumulator, render_e2e
 from napari_cycleulm.errors import CycleULMError
 
 from ._tiny_nets import tiny_checkpoints

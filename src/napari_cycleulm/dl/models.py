@@ -2,7 +2,7 @@
 
 Every inference function (:func:`~napari_cycleulm.dl.mbdt_inference.translate`,
 :func:`~napari_cycleulm.localise.mblnet.localise_mblnet`,
-:class:`~napari_cycleulm.e2e.E2EAccumulator`, the pipelines) accepts a
+:class:`~napari_cycleulm.render.e2e.E2EAccumulator`, the pipelines) accepts a
 *model source*:
 
 ``None`` or ``"default"``

@@ -29,7 +29,7 @@ Pipelines (the paper's names)
     MB-DT + MBL-Net + tracking.
 ``cycleulm-e2e``
     MB-DT + MBT-Net: trajectory and velocity maps accumulated into SR maps
-    (:class:`~napari_cycleulm.e2e.E2EAccumulator`); no localisations or tracks.
+    (:class:`~napari_cycleulm.render.e2e.E2EAccumulator`); no localisations or tracks.
 ``cycleulm-tracks``
     CycleULM-Loc's localisations linked into explicit tracks with the motion
     prior of MBT-Net's velocity maps (the paper's proposed future work,
@@ -69,7 +69,7 @@ Re-chosen for the current MB-DT and MBL-Net with the default evidence gate
   (the minimax 0.504: 0.004).
 * ``cycleulm-e2e`` 0.4 (trajectory probability a pixel must reach to count;
   smallest worst-case trajectory-F1 loss on synthetic sequences of three PSF
-  sizes, see :data:`napari_cycleulm.e2e.PROB_THRESHOLD`).
+  sizes, see :data:`napari_cycleulm.render.e2e.PROB_THRESHOLD`).
 
 Matched localisation counts
 ---------------------------

@@ -3,7 +3,7 @@
 :func:`process_block` turns frames ``start:stop`` of the acquisition into a
 :class:`BlockResult`: the block's localisations (frame numbers of the
 acquisition), its power Doppler sum and, for the MBT-Net pipelines, its
-windows accumulated into an :class:`~napari_cycleulm.e2e.E2EAccumulator`.
+windows accumulated into an :class:`~napari_cycleulm.render.e2e.E2EAccumulator`.
 It reads the neighbouring frames it needs from the acquisition itself (the
 frame before and after for MB-DT, the next MB-only frame for a 3-frame
 MBL-Net, the frames of a window that runs past the block), so a block gives
@@ -47,7 +47,7 @@ class WindowPlan:
     #: Frames between window starts (None: ``window``).
     stride: int | None = None
     pad_last: bool = True
-    #: Windows per network call (None: :func:`~napari_cycleulm.e2e.default_batch_size`).
+    #: Windows per network call (None: :func:`~napari_cycleulm.render.e2e.default_batch_size`).
     batch_size: int | None = None
 
 
@@ -189,7 +189,7 @@ def mb_only_frames(plan: RunPlan, start: int, stop: int, block: np.ndarray | Non
 
 def _accumulate_windows(plan: RunPlan, windows: WindowPlan, start: int, stop: int, den: np.ndarray):
     """An E2EAccumulator of the MBT-Net windows whose first frame is in ``start:stop``."""
-    from ..e2e import E2EAccumulator, window_starts
+    from ..render.e2e import E2EAccumulator, window_starts
 
     acc = E2EAccumulator(plan.frame_shape, upsampling=plan.upsampling, stride=windows.stride,
                          prob_threshold=windows.prob_threshold, pad_last=windows.pad_last)

@@ -16,7 +16,7 @@ import numpy as np
 from .._atomic import staged_dir, write_text_atomic
 from .._outputs import check_output_dir
 from ..errors import CycleULMError
-from ..e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
+from ..render.e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
 from ..progress import Progress, drive
 from ..psf import PSF, PSFEstimate, check_psf_extent
 from ..render import PowerDopplerAccumulator, SRRenderer
@@ -224,7 +224,7 @@ def plan_run(
     gate_params = dict(gate_params or {})
     e2e_plan = prior_plan = None
     if e2e:
-        from ..e2e import E2EAccumulator
+        from ..render.e2e import E2EAccumulator
 
         window = int(nets["mbtnet"].config.get("n_frames", 8))
         unknown = sorted(set(localise_params) - {"stride", "pad_last", "batch_size", "device"})
@@ -355,7 +355,7 @@ def iter_pipeline(
         Passed to :func:`preprocess.adaptive_threshold` (baselines) or
         :func:`translate.translate` (CycleULM, e.g. ``batch_size``), the
         localiser (for E2E: ``stride``, ``pad_last`` of
-        :class:`~napari_cycleulm.e2e.E2EAccumulator` and ``batch_size``) and
+        :class:`~napari_cycleulm.render.e2e.E2EAccumulator` and ``batch_size``) and
         :class:`track.Linker`.
     upsampling : int
         SR grid factor (4 gives pixels a quarter of the CEUS pixel).

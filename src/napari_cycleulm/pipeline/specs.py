@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
+from ..render.e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
 from ..render import SRMaps
 from ..stages import DENOISERS, LOCALISERS
 from ..io.tables import Localisations, Tracks

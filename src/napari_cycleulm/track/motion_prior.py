@@ -17,7 +17,7 @@ velocity.
 the native grid or an SR grid (``scale = u``; SR pixel ``(i, j)`` is centred at
 original ``((i - (u - 1) / 2) / u, (j - (u - 1) / 2) / u)``, the grid of
 :mod:`napari_cycleulm.render` and of MBT-Net), e.g. the mean velocity maps
-of :meth:`napari_cycleulm.e2e.E2EAccumulator.mean_velocity`, or a stack of
+of :meth:`napari_cycleulm.render.e2e.E2EAccumulator.mean_velocity`, or a stack of
 per-window maps.  :func:`velocity_field_from_tracks` builds such maps from
 tracks with velocities (the simulator's ground truth, for reference priors).
 :func:`link_with_prior` links localisations with a map prior in one call.

@@ -33,9 +33,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._atomic import atomic_path
-from .errors import CycleULMError
-from .io.tables import PointTable
+from .._atomic import atomic_path
+from ..errors import CycleULMError
+from ..io.tables import PointTable
 
 __all__ = [
     "SRMaps",
@@ -177,7 +177,7 @@ def check_sr_memory(shape, upsampling: int) -> None:
     CycleULMError
         If :func:`sr_memory_bytes` exceeds the memory available.
     """
-    from ._resources import check_memory
+    from .._resources import check_memory
 
     h, w = (int(s) for s in tuple(shape)[-2:])
     u = int(upsampling)

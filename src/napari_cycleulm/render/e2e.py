@@ -16,7 +16,7 @@ pixel the trajectory probability ``p = sigmoid(traj_logit)`` gives a weight
 expected number of windows with a bubble path through the pixel); with a
 threshold, ``w = 1`` where ``p >= prob_threshold`` and 0 elsewhere (the
 paper's binary trajectory maps: the density counts windows with a detected
-path, the analogue of the track-passage count of :class:`~.render.SRRenderer`,
+path, the analogue of the track-passage count of :class:`~.sr_maps.SRRenderer`,
 and the small background probability of empty pixels does not pile up over
 hundreds of windows).  Then
 
@@ -48,11 +48,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .arrays import as_frames
-from .errors import CycleULMError
-from .dl.models import resolve_network
-from .dl.nets.mbtnet import UPSCALE
-from .render import SRMaps, _check_shape, _positive
+from ..arrays import as_frames
+from ..errors import CycleULMError
+from ..dl.models import resolve_network
+from ..dl.nets.mbtnet import UPSCALE
+from .sr_maps import SRMaps, _check_shape, _positive
 
 __all__ = ["E2EAccumulator", "render_e2e", "window_starts"]
 
@@ -145,7 +145,7 @@ class E2EAccumulator:
                 f"prob_threshold must be in [0, 1] or None, got {prob_threshold!r}."
             )
         self.upsampling = int(upsampling)
-        from .render import check_sr_memory
+        from .sr_maps import check_sr_memory
 
         check_sr_memory(self.shape, self.upsampling)
         self.stride = None if stride is None else int(stride)
