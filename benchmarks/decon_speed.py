@@ -49,7 +49,7 @@ def pipeline_inputs(n_frames: int, device: str | None) -> dict:
     from napari_cycleulm.psf import PSF
     from napari_cycleulm.simulate import PRESETS, simulate
     from napari_cycleulm.stages import run_scale
-    from napari_cycleulm.temporal import block_gate
+    from napari_cycleulm.preprocess.evidence_gate import block_gate
     from napari_cycleulm.dl.mbdt_inference import translate
 
     sim = simulate(seed=11, **dict(PRESETS["benchmark"], n_frames=n_frames, density=100.0))

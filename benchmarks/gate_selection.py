@@ -1,7 +1,7 @@
 """Choose the evidence gate of the CycleULM pipelines on held-out selection settings.
 
 MB-DT redraws bubble-like structures of clutter and noise as sharp bubbles;
-the gate (:mod:`napari_cycleulm.temporal`) keeps its output only where the
+the gate (:mod:`napari_cycleulm.preprocess.evidence_gate`) keeps its output only where the
 CEUS frame shows evidence of a bubble: spatial (Bradley-Roth, the baselines'
 test), temporal (a transient over the pixel's own background), both, or
 neither.  This script measures CycleULM-Loc with each variant against
@@ -36,7 +36,7 @@ from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.evaluate.metrics import match_localisations
 from napari_cycleulm.pipeline import run_pipeline
 from napari_cycleulm.simulate import simulate
-from napari_cycleulm.temporal import GATE_MODES
+from napari_cycleulm.preprocess.evidence_gate import GATE_MODES
 
 #: (simulate keyword arguments) of the selection settings.
 SETTINGS = {
@@ -48,7 +48,7 @@ SETTINGS = {
     "sparse36": dict(clutter_db=-10.0, noise_db=-10.0, density=3.0, psf_fwhm_um=(250.0, 250.0), seed=36),
 }
 
-#: Gate variants (:data:`napari_cycleulm.temporal.GATE_MODES`).
+#: Gate variants (:data:`napari_cycleulm.preprocess.evidence_gate.GATE_MODES`).
 VARIANTS = GATE_MODES
 
 

@@ -82,7 +82,7 @@ from napari_cycleulm._json import jsonable
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.evaluate.metrics import fwhm, match_localisations, rmse
 from napari_cycleulm.pipeline import CALIBRATION_FRAMES, run_pipeline
-from napari_cycleulm.preprocess import DEFAULT_CLUTTER_FILTER, clutter_filtered
+from napari_cycleulm.preprocess.clutter_filter import DEFAULT_CLUTTER_FILTER, clutter_filtered
 from napari_cycleulm.psf import PSF, bubble_patches, estimate_psf_auto
 from napari_cycleulm.simulate import isolated_positions, simulate
 from napari_cycleulm.dl.mbdt_inference import translate

@@ -71,7 +71,7 @@ def mbtnet_velocity(sim, psf) -> tuple[np.ndarray, np.ndarray, float]:
     """MBT-Net mean velocity maps (x4 grid) on MB-DT's output, as the E2E pipeline makes it."""
     from napari_cycleulm.render.e2e import E2EAccumulator
     from napari_cycleulm.dl.models import load_model
-    from napari_cycleulm.temporal import DEFAULT_GATE
+    from napari_cycleulm.preprocess.evidence_gate import DEFAULT_GATE
     from napari_cycleulm.dl.mbdt_inference import iter_translate
 
     t0 = time.perf_counter()

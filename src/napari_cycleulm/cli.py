@@ -614,8 +614,8 @@ def _variable(sp) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .pipeline import PIPELINES
-    from .preprocess import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES
-    from .temporal import DEFAULT_GATE, GATE_MODES
+    from .preprocess.clutter_filter import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES
+    from .preprocess.evidence_gate import DEFAULT_GATE, GATE_MODES
 
     p = _Parser(
         prog="cycleulm",

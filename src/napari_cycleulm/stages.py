@@ -188,7 +188,7 @@ def _no_denoising(run, start, stop, block=None):
 
 def _mbdt(run, start, stop, block=None):
     """MB-DT's (gated) MB-only frames ``start:stop``, with their true CEUS neighbours."""
-    from .temporal import block_gate
+    from .preprocess.evidence_gate import block_gate
     from .dl.mbdt_inference import translate
 
     n, scale, stack = run.n_frames, run.scale, run.stack

@@ -7,7 +7,7 @@ import pytest
 
 from napari_cycleulm.errors import CycleULMError
 from napari_cycleulm.psf import PSF
-from napari_cycleulm.temporal import transient_gate
+from napari_cycleulm.preprocess.evidence_gate import transient_gate
 
 from .conftest import draw_bubbles
 
@@ -61,7 +61,7 @@ def test_missing_context_and_bad_parameters_are_refused():
 def test_pipelines_gate_mb_dt_output_by_default_and_record_it():
     from napari_cycleulm.pipeline import PIPELINES, run_pipeline
     from napari_cycleulm.simulate import simulate
-    from napari_cycleulm.temporal import DEFAULT_GATE
+    from napari_cycleulm.preprocess.evidence_gate import DEFAULT_GATE
 
     sim = simulate(n_frames=30, height=64, width=64, density=8, seed=5)
     psf = PSF(sim.metadata["psf_sigma_y_px"], sim.metadata["psf_sigma_x_px"])
@@ -80,7 +80,7 @@ def test_pipelines_gate_mb_dt_output_by_default_and_record_it():
 
 
 def test_transient_count_counts_the_moving_bubble_not_the_static_blobs():
-    from napari_cycleulm.temporal import transient_count
+    from napari_cycleulm.preprocess.evidence_gate import transient_count
 
     frames, _, _ = _scene(seed=3)
     per_frame, amplitudes = transient_count(frames, PSF(1.5, 2.0))

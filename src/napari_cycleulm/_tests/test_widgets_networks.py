@@ -23,7 +23,7 @@ from napari_cycleulm._napari.widgets.translate_widget import TranslateWidget  # 
 from napari_cycleulm.dl.checkpoint import load_checkpoint  # noqa: E402
 from napari_cycleulm.localise import localise_mblnet  # noqa: E402
 from napari_cycleulm.stages import LOCALISERS, run_scale  # noqa: E402
-from napari_cycleulm.temporal import DEFAULT_GATE  # noqa: E402
+from napari_cycleulm.preprocess.evidence_gate import DEFAULT_GATE  # noqa: E402
 from napari_cycleulm.psf import PSF  # noqa: E402
 from napari_cycleulm.roi import count_patches, rois_to_mask  # noqa: E402
 from napari_cycleulm.dl.mbdt_inference import translate  # noqa: E402

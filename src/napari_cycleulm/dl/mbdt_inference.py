@@ -26,7 +26,7 @@ from ..arrays import as_frames, as_image, intensity_scale, mbdt_input_scale
 from ..errors import CycleULMError
 from .models import resolve_network
 from ..stages import run_scale
-from ..temporal import block_gate
+from ..preprocess.evidence_gate import block_gate
 
 __all__ = ["translate", "iter_translate", "intensity_scale"]
 
@@ -155,9 +155,9 @@ def iter_translate(
         As in :func:`translate`.
     gate : {"none", "spatial", "temporal", "spatial+temporal"}
         Keep the MB-only output only where the CEUS shows evidence of a
-        bubble (:func:`napari_cycleulm.temporal.block_gate`), exactly as the
+        bubble (:func:`napari_cycleulm.preprocess.evidence_gate.block_gate`), exactly as the
         CycleULM pipelines do (their default is
-        :data:`napari_cycleulm.temporal.DEFAULT_GATE`).
+        :data:`napari_cycleulm.preprocess.evidence_gate.DEFAULT_GATE`).
     psf : PSF, optional
         The CEUS PSF, for the gate.
     gate_params : dict, optional

@@ -147,7 +147,7 @@ def plan_run(
         raise CycleULMError(
             f"the input must be a (frames, height, width) stack with at least one frame, got shape {shape}."
         )
-    from ..preprocess import DEFAULT_CLUTTER_FILTER, clutter_filtered, parse_clutter_filter
+    from ..preprocess.clutter_filter import DEFAULT_CLUTTER_FILTER, clutter_filtered, parse_clutter_filter
 
     clutter = parse_clutter_filter(DEFAULT_CLUTTER_FILTER if clutter_filter is None else clutter_filter)
     raw_input = stack
@@ -218,7 +218,7 @@ def plan_run(
         scale = mbdt_input_scale(calibration) if spec.denoise == "mbdt" else intensity_scale(calibration)
     del calibration
 
-    from ..temporal import gate_kwargs
+    from ..preprocess.evidence_gate import gate_kwargs
 
     gate_mode = "none" if not mb_only else (spec.gate if gate is None else gate)
     gate_params = dict(gate_params or {})
@@ -381,10 +381,10 @@ def iter_pipeline(
         Keep MB-DT's output only where the CEUS frames show evidence of a
         bubble: brighter than their spatial neighbourhood (Bradley-Roth), a
         transient over the pixel's temporal background, or both
-        (:mod:`napari_cycleulm.temporal`); default: the pipeline's
+        (:mod:`napari_cycleulm.preprocess.evidence_gate`); default: the pipeline's
         (:attr:`PipelineSpec.gate`).
     gate_params : dict, optional
-        Further parameters of :func:`~napari_cycleulm.temporal.transient_gate`
+        Further parameters of :func:`~napari_cycleulm.preprocess.evidence_gate.transient_gate`
         (``significance``, ``spatial_sensitivity``, ``window_half_frames``,
         ``stride_frames``).
     clutter_filter : ClutterFilter or str, optional
@@ -392,7 +392,7 @@ def iter_pipeline(
         ``"none"``, ``"svd"`` / ``"svd:auto"`` (automatic cut-off per block)
         or ``"svd:N"``, or a :class:`~napari_cycleulm.preprocess.ClutterFilter`
         (which also sets the SVD block length); default
-        :data:`~napari_cycleulm.preprocess.DEFAULT_CLUTTER_FILTER`.  Complex
+        :data:`~napari_cycleulm.preprocess.clutter_filter.DEFAULT_CLUTTER_FILTER`.  Complex
         IQ input is filtered and its envelope taken.
     client : distributed.Client, optional
         Spread the blocks over a dask cluster

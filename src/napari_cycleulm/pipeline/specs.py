@@ -33,7 +33,7 @@ class PipelineSpec:
     #: MB-DT), MBL-Net summed probability, or MBT-Net trajectory probability.
     #: Read from the localiser's registry entry (:mod:`napari_cycleulm.stages`).
     threshold: float
-    #: Evidence MB-DT's output must have in the CEUS frames (:data:`napari_cycleulm.temporal.GATE_MODES`).
+    #: Evidence MB-DT's output must have in the CEUS frames (:data:`napari_cycleulm.preprocess.evidence_gate.GATE_MODES`).
     gate: str = "none"
     #: Motion prior of the linker: "none" (constant-velocity Kalman) or
     #: "mbtnet" (MBT-Net's mean velocity maps of the run, :mod:`napari_cycleulm.track.motion_prior`).
@@ -64,9 +64,9 @@ class PipelineSpec:
 def _spec(name: str, denoise: str, localise: str | None, description: str, motion_prior: str = "none") -> PipelineSpec:
     """A pipeline whose default threshold is its localiser's for its input domain.
 
-    MB-DT's output is gated by :data:`~napari_cycleulm.temporal.DEFAULT_GATE`.
+    MB-DT's output is gated by :data:`~napari_cycleulm.preprocess.evidence_gate.DEFAULT_GATE`.
     """
-    from ..temporal import DEFAULT_GATE
+    from ..preprocess.evidence_gate import DEFAULT_GATE
 
     threshold = (E2E_PROB_THRESHOLD if localise is None
                  else LOCALISERS[localise].default_threshold(mb_only=DENOISERS[denoise].mb_only))

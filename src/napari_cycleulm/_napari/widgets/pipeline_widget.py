@@ -17,7 +17,7 @@ from napari.layers import Image, Layer
 from ..._json import jsonable
 from ...errors import CycleULMError
 from ...pipeline import PIPELINES, PipelineResult, iter_pipeline
-from ...preprocess import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES, parse_clutter_filter
+from ...preprocess.clutter_filter import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES, parse_clutter_filter
 from ...progress import Progress
 from ._base import StageWidget
 from ._display import show_localisations, show_tracks

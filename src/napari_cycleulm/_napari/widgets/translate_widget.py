@@ -11,7 +11,7 @@ from napari.utils.notifications import show_warning
 from ...errors import CycleULMError
 from ...progress import Progress
 from ...stages import CALIBRATION_FRAMES, run_scale
-from ...temporal import DEFAULT_GATE, GATE_MODES, gate_kwargs
+from ...preprocess.evidence_gate import DEFAULT_GATE, GATE_MODES, gate_kwargs
 from ...dl.mbdt_inference import iter_translate
 from ._base import StageWidget
 from ._layers import (

@@ -34,8 +34,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .arrays import robust_sigma
-from .errors import CycleULMError
+from ..arrays import robust_sigma
+from ..errors import CycleULMError
 
 #: Frames on each side of a frame whose pixels form its background (101 frames in all, 0.2 s at 500 Hz):
 #: long against a bubble's passage (a PSF width at 0.1-2 px/frame: a few to ~40 frames), short
@@ -99,7 +99,7 @@ def block_gate(stack, block: np.ndarray, start: int, stop: int, *, scale: float,
     -------
     (stop - start, H, W) bool array, or None for ``mode="none"``.
     """
-    from . import io as ulm_io
+    from .. import io as ulm_io
 
     kwargs = gate_kwargs(mode)
     if kwargs is None:
@@ -252,7 +252,7 @@ def transient_gate(
         mask = transient_score(frames, start, stop, first_frame=first_frame, n_frames=n_frames, psf=psf,
                                window_half_frames=window_half_frames, stride_frames=stride_frames) > significance
     if spatial_sensitivity is not None:
-        from .preprocess import adaptive_threshold
+        from .thresholding import adaptive_threshold
 
         mask &= adaptive_threshold(np.asarray(frames[start:stop], np.float32), sensitivity=spatial_sensitivity,
                                    psf=psf) > 0
