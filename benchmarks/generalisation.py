@@ -315,7 +315,7 @@ def spill_fraction(density: np.ndarray, vessel_mask: np.ndarray, upsampling: int
     if not total > 0:
         return None
     inside = ndimage.binary_dilation(vessel_mask, iterations=dilation_px) if dilation_px else vessel_mask
-    inside = np.repeat(np.repeat(inside, upsampling, axis=0), upsampling, axis=1)  # render.py grid
+    inside = np.repeat(np.repeat(inside, upsampling, axis=0), upsampling, axis=1)  # render/sr_maps.py grid
     return float(np.sum(density[~inside]) / total)
 
 
