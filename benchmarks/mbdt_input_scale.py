@@ -1,8 +1,8 @@
-"""How MB-DT's input convention (:func:`napari_cycleulm.arrays.mbdt_input_scale`) was chosen.
+"""How MB-DT's input convention (:func:`napari_cycleulm.intensity.mbdt_input_scale`) was chosen.
 
 Two measurements, neither on a setting or seed of ``benchmarks/generalisation.py``:
 
-1. **The level** (:data:`~napari_cycleulm.arrays.MBDT_BACKGROUND_LEVEL`): the
+1. **The level** (:data:`~napari_cycleulm.intensity.MBDT_BACKGROUND_LEVEL`): the
    median of each training acquisition of the shipped MB-DT
    (``scripts/train_default_weights.py``'s ``MBDT_SETTINGS``, the first 100
    frames after ``svd:auto``) once scaled by the percentile convention (99.9th
@@ -36,7 +36,7 @@ from gate_selection import SETTINGS as SELECTION  # noqa: E402
 from train_default_weights import MBDT_SETTINGS  # noqa: E402
 
 from napari_cycleulm import io as ulm_io  # noqa: E402
-from napari_cycleulm.arrays import MBDT_BACKGROUND_LEVEL, intensity_scale, mbdt_input_scale  # noqa: E402
+from napari_cycleulm.intensity import MBDT_BACKGROUND_LEVEL, intensity_scale, mbdt_input_scale  # noqa: E402
 from napari_cycleulm.evaluate.metrics import match_localisations  # noqa: E402
 from napari_cycleulm.pipeline import run_pipeline  # noqa: E402
 from napari_cycleulm.preprocess import clutter_filtered  # noqa: E402

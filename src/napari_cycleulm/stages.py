@@ -9,7 +9,7 @@ Intensity convention
 Every absolute threshold is in *normalised intensity units*: CEUS frames are
 multiplied by one factor per run, the one that maps the 99.9th percentile of
 the run's first :data:`CALIBRATION_FRAMES` frames to 1
-(:func:`~napari_cycleulm.arrays.intensity_scale`).  MB-DT's MB-only output is
+(:func:`~napari_cycleulm.intensity.intensity_scale`).  MB-DT's MB-only output is
 in the same units, so it needs no further scaling.
 
 Adding a localiser
@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import io as ulm_io
-from .arrays import intensity_scale
+from .intensity import intensity_scale
 from .errors import CycleULMError
 from .progress import Progress
 from .io.tables import Localisations
@@ -304,7 +304,7 @@ def run_scale(stack, scale: float | None = None, *, mbdt: bool = False) -> float
     """The run's intensity factor: ``scale`` when given, else from the first :data:`CALIBRATION_FRAMES`.
 
     ``mbdt=True``: the factor of MB-DT's input
-    (:func:`~napari_cycleulm.arrays.mbdt_input_scale`), which all CycleULM
+    (:func:`~napari_cycleulm.intensity.mbdt_input_scale`), which all CycleULM
     pipelines, the Translate tool and MB-DT's fine-tuning use.
     """
     if scale is not None:
@@ -313,7 +313,7 @@ def run_scale(stack, scale: float | None = None, *, mbdt: bool = False) -> float
             raise CycleULMError(f"the intensity scale must be a positive number, got {scale}.")
         return scale
     if mbdt:
-        from .arrays import mbdt_input_scale
+        from .intensity import mbdt_input_scale
 
         return mbdt_input_scale(calibration_frames(stack))
     return intensity_scale(calibration_frames(stack))

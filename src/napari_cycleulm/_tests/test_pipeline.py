@@ -225,7 +225,7 @@ def test_run_folder_maps_record_their_pixel_size_and_unit(tmp_path):
 
 
 def test_cycleulm_pipelines_hand_mbdt_a_background_no_brighter_than_it_was_trained_on(true_psf, nets):
-    from napari_cycleulm.arrays import MBDT_BACKGROUND_LEVEL, intensity_scale
+    from napari_cycleulm.intensity import MBDT_BACKGROUND_LEVEL, intensity_scale
 
     rng = np.random.default_rng(3)
     noisy = rng.rayleigh(1.0, (12, 40, 48)).astype(np.float32)  # a bright noise floor, no bubbles

@@ -72,7 +72,7 @@ def test_mbdt_steps_yield_losses_preview_and_checkpoint(stack, tmp_path):
     assert ck.extra["history"]["total"] == h["total"]
     norm = ck.extra["normalisation"]
     assert norm["percentile"] == 99.9
-    from napari_cycleulm.arrays import mbdt_input_scale
+    from napari_cycleulm.intensity import mbdt_input_scale
 
     assert norm["scale"][0] == pytest.approx(mbdt_input_scale(stack), rel=1e-5)
     assert ck.extra["sigma_range_px"] == ((0.75, 0.75), (1.0, 1.0))

@@ -73,7 +73,7 @@ def test_default_scale_maps_the_999th_percentile_to_one_on_a_dark_background(fra
 
 
 def test_default_scale_darkens_a_bright_background_to_the_trained_level(frames):
-    from napari_cycleulm.arrays import MBDT_BACKGROUND_LEVEL, intensity_scale, mbdt_input_scale
+    from napari_cycleulm.intensity import MBDT_BACKGROUND_LEVEL, intensity_scale, mbdt_input_scale
 
     # Uniform noise: its median is half its 99.9th percentile, five times MB-DT's trained background.
     out = translate(frames, LinearMix(0, 1, 0))

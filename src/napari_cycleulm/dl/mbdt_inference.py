@@ -8,9 +8,9 @@ the neighbours come from the adjacent blocks, so :func:`iter_translate` gives
 exactly the frames of one :func:`translate` call on the whole stack.
 
 Intensity convention: the CEUS input is multiplied by ``scale``
-(:func:`~napari_cycleulm.arrays.mbdt_input_scale`: the 99.9th percentile of
+(:func:`~napari_cycleulm.intensity.mbdt_input_scale`: the 99.9th percentile of
 the data to 1, lowered until the median background is at most
-:data:`~napari_cycleulm.arrays.MBDT_BACKGROUND_LEVEL`, what the network was
+:data:`~napari_cycleulm.intensity.MBDT_BACKGROUND_LEVEL`, what the network was
 trained on); the MB-only output lives in ``[0, ~1]``.
 """
 
@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .. import io as ulm_io
-from ..arrays import as_frames, as_image, intensity_scale, mbdt_input_scale
+from ..arrays import as_frames, as_image
+from ..intensity import intensity_scale, mbdt_input_scale
 from ..errors import CycleULMError
 from .models import resolve_network
 from ..stages import run_scale
@@ -86,7 +87,7 @@ def translate(
         ``(N, 3, H, W)`` (its ``translate`` method when it has one).
     scale : float, optional
         Intensity factor applied to the frames (and to ``before`` / ``after``)
-        before the network; default: :func:`~napari_cycleulm.arrays.mbdt_input_scale`
+        before the network; default: :func:`~napari_cycleulm.intensity.mbdt_input_scale`
         of ``frames``.  Streaming callers pass one run-wide value.
     batch_size : int
         Frames translated together.

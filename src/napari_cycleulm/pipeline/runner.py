@@ -209,8 +209,8 @@ def plan_run(
                 warnings.warn(msg, UserWarning, stacklevel=2)
     # One intensity scale for the whole run, from the first frames (whatever
     # the block size), so that absolute thresholds mean the same in every block;
-    # MB-DT's input convention for the CycleULM pipelines (arrays.mbdt_input_scale).
-    from ..arrays import intensity_scale, mbdt_input_scale
+    # MB-DT's input convention for the CycleULM pipelines (intensity.mbdt_input_scale).
+    from ..intensity import intensity_scale, mbdt_input_scale
 
     if scale is not None:
         scale = run_scale(stack, scale)

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..arrays import as_frames, intensity_reference
+from ..arrays import as_frames
+from ..intensity import intensity_reference
 from ..device import resolve_device
 from ..errors import CycleULMError
 

@@ -107,7 +107,7 @@ import scipy.fft
 
 from .._atomic import atomic_path, write_text_atomic
 from .._json import jsonable
-from ..arrays import intensity_reference
+from ..intensity import intensity_reference
 from ..errors import CycleULMError
 from ..psf import FWHM_PER_SIGMA
 from ..io.tables import Localisations

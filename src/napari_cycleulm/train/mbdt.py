@@ -13,7 +13,7 @@
 Normalisation
 -------------
 CEUS input to MB-DT is multiplied by one scale for the whole stack,
-:func:`~napari_cycleulm.arrays.mbdt_input_scale` (its 99.9th percentile to 1,
+:func:`~napari_cycleulm.intensity.mbdt_input_scale` (its 99.9th percentile to 1,
 lowered until its median is at most ``MBDT_BACKGROUND_LEVEL``; the CycleULM
 pipelines use the same rule); the scale and the convention are stored in
 ``checkpoint.extra["normalisation"]``.
@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from ..dl import losses as L
-from ..arrays import MBDT_BACKGROUND_LEVEL, as_frames, mbdt_input_scale, robust_sigma
+from ..arrays import as_frames, robust_sigma
+from ..intensity import MBDT_BACKGROUND_LEVEL, mbdt_input_scale
 from ..device import resolve_device
 from ..errors import CycleULMError
 from ..progress import Progress, drive
@@ -165,7 +166,7 @@ def domain_b_config(
         CEUS stack (only the ``n_frames`` measured frames are read).
     scale : float
         Factor that brings the stack to MB-DT's units
-        (:func:`~napari_cycleulm.arrays.mbdt_input_scale`); 1 when ``frames``
+        (:func:`~napari_cycleulm.intensity.mbdt_input_scale`); 1 when ``frames``
         are already scaled.
     psf : PSF
         CEUS PSF of the data.

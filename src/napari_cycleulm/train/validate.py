@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..arrays import as_frames, intensity_scale, mbdt_input_scale
+from ..arrays import as_frames
+from ..intensity import mbdt_input_scale
 from ..dl.checkpoint import Checkpoint
 from ..device import resolve_device
 from ..errors import CycleULMError
