@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import io as ulm_io
-from .intensity import intensity_scale
+from .intensity import intensity_scale, mbdt_input_scale
 from .errors import CycleULMError
 from .progress import Progress
 from .io.tables import Localisations
@@ -160,6 +160,10 @@ class Denoiser:
         Checkpoint kind it runs.
     normalisation : str
         The intensity convention its input must follow.
+    input_scale : callable
+        ``input_scale(calibration_frames) -> float``: the run's intensity
+        factor for this denoiser's input (:func:`~napari_cycleulm.intensity.intensity_scale`,
+        or :func:`~napari_cycleulm.intensity.mbdt_input_scale` for MB-DT).
     """
 
     name: str
@@ -169,6 +173,7 @@ class Denoiser:
     context_frames: int = 0
     network: str | None = None
     normalisation: str = "normalised intensity units (the run's intensity scale, see the module notes)"
+    input_scale: Callable[..., float] = intensity_scale
 
 
 def _scaled_block(run, start, stop, block):
@@ -207,6 +212,9 @@ DENOISERS: dict[str, Denoiser] = {
     "mbdt": Denoiser(
         "mbdt", _mbdt, "MB-DT: CEUS frames to MB-only frames (3 frames in, 1 out), gated by CEUS evidence",
         mb_only=True, context_frames=1, network="mbdt",
+        normalisation="MB-DT's input convention: the run's intensity scale, lowered until the "
+                      "median background is at most intensity.MBDT_BACKGROUND_LEVEL",
+        input_scale=mbdt_input_scale,
     ),
 }
 
@@ -312,11 +320,8 @@ def run_scale(stack, scale: float | None = None, *, mbdt: bool = False) -> float
         if not (np.isfinite(scale) and scale > 0):
             raise CycleULMError(f"the intensity scale must be a positive number, got {scale}.")
         return scale
-    if mbdt:
-        from .intensity import mbdt_input_scale
-
-        return mbdt_input_scale(calibration_frames(stack))
-    return intensity_scale(calibration_frames(stack))
+    factor = DENOISERS["mbdt"].input_scale if mbdt else intensity_scale
+    return factor(calibration_frames(stack))
 
 
 def iter_localise(

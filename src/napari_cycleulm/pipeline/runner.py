@@ -209,13 +209,9 @@ def plan_run(
                 warnings.warn(msg, UserWarning, stacklevel=2)
     # One intensity scale for the whole run, from the first frames (whatever
     # the block size), so that absolute thresholds mean the same in every block;
-    # MB-DT's input convention for the CycleULM pipelines (intensity.mbdt_input_scale).
-    from ..intensity import intensity_scale, mbdt_input_scale
-
-    if scale is not None:
-        scale = run_scale(stack, scale)
-    else:
-        scale = mbdt_input_scale(calibration) if spec.denoise == "mbdt" else intensity_scale(calibration)
+    # each denoiser's registry entry says which convention its input follows
+    # (MB-DT: intensity.mbdt_input_scale).
+    scale = run_scale(stack, scale) if scale is not None else get_denoiser(spec.denoise).input_scale(calibration)
     del calibration
 
     from ..preprocess.evidence_gate import gate_kwargs
