@@ -156,7 +156,10 @@ def test_cycleulm_block_size_does_not_change_the_result(short, true_psf, nets, n
 
 
 @pytest.mark.parametrize("name", ["cycleulm-loc", "cycleulm-ncc"])
-def test_cycleulm_target_count(short, true_psf, nets, name):
+def test_cycleulm_target_count(short, true_psf, nets, name, monkeypatch):
+    # The tiny random nets give nearly flat probability maps whose local maxima
+    # bfloat16 rounding merges into plateaus; this test is about target_count.
+    monkeypatch.setenv("CYCLEULM_PRECISION", "float32")
     res = run_pipeline(short, name, true_psf, block_size=10, threshold=0.05, target_count=25,
                        device="cpu", **_models(nets))
     assert res.n_localisations == 25

@@ -25,6 +25,7 @@ from .. import io as ulm_io
 from ..arrays import as_frames, as_image
 from ..intensity import intensity_scale, mbdt_input_scale
 from ..errors import CycleULMError
+from .inference import infer
 from .models import resolve_network
 from ..stages import run_scale
 from ..preprocess.evidence_gate import block_gate
@@ -52,17 +53,16 @@ def _run_translator(net, frames: np.ndarray, before, after, batch_size: int, dev
     src = torch.from_numpy(np.ascontiguousarray(padded))
     out = np.empty((t, h, w), np.float32)
     fwd = net.translate if hasattr(net, "translate") else net
-    with torch.inference_mode():
-        for s in range(0, t, batch_size):
-            e = min(t, s + batch_size)
-            x = torch.stack([src[s:e], src[s + 1 : e + 1], src[s + 2 : e + 2]], dim=1).to(dev)
-            y = fwd(x)
-            if y.ndim != 4 or y.shape[0] != e - s or y.shape[-2:] != (h, w):
-                raise CycleULMError(
-                    f"the MB-DT model returned shape {tuple(y.shape)} for input "
-                    f"{tuple(x.shape)}; expected ({e - s}, 1, {h}, {w})."
-                )
-            out[s:e] = y[:, 0].clamp_min(0).float().cpu().numpy()
+    for s in range(0, t, batch_size):
+        e = min(t, s + batch_size)
+        x = torch.stack([src[s:e], src[s + 1 : e + 1], src[s + 2 : e + 2]], dim=1).to(dev)
+        y = infer(fwd, x)
+        if y.ndim != 4 or y.shape[0] != e - s or y.shape[-2:] != (h, w):
+            raise CycleULMError(
+                f"the MB-DT model returned shape {tuple(y.shape)} for input "
+                f"{tuple(x.shape)}; expected ({e - s}, 1, {h}, {w})."
+            )
+        out[s:e] = y[:, 0].clamp_min(0).cpu().numpy()
     return out
 
 

@@ -120,6 +120,8 @@ def resolve_network(
 
     A ``torch.nn.Module`` is used as given: moved to ``device`` when one is
     given, else left where its parameters are (CPU for parameter-free modules).
+    The weights are put in channels-last layout (the values are unchanged; see
+    :mod:`napari_cycleulm.dl.inference`).
     """
     if isinstance(source, nn.Module):
         if device is not None:
@@ -128,11 +130,11 @@ def resolve_network(
         else:
             p = next(iter(source.parameters()), None)
             dev = p.device if p is not None else torch.device("cpu")
-        return source, dev, None
+        return source.to(memory_format=torch.channels_last), dev, None
     ckpt = load_model(kind, source, device)
     p = next(iter(ckpt.model.parameters()), None)
     dev = p.device if p is not None else resolve_device(device)
-    return ckpt.model, dev, ckpt
+    return ckpt.model.to(memory_format=torch.channels_last), dev, ckpt
 
 
 def _sigma_ranges(value) -> tuple[tuple[float, float], tuple[float, float]] | None:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from ..arrays import as_frames, as_image
 from ..errors import CycleULMError
+from ..dl.inference import infer
 from ..dl.models import resolve_network
 from ..dl.nets import MBLNET_CHANNELS
 from ..io.tables import Localisations
@@ -80,20 +81,19 @@ def mblnet_maps(
     else:
         src = torch.from_numpy(arr)
     out = torch.empty((t, len(MBLNET_CHANNELS), h, w), dtype=torch.float32)
-    with torch.inference_mode():
-        for s in range(0, t, int(batch_size)):
-            e = min(t, s + int(batch_size))
-            if c == 3:
-                x = torch.stack([src[s:e], src[s + 1 : e + 1], src[s + 2 : e + 2]], dim=1)
-            else:
-                x = src[s:e, None]
-            y = net(x.to(dev))
-            if y.shape != (e - s, len(MBLNET_CHANNELS), h, w):
-                raise CycleULMError(
-                    f"the MBL-Net model returned shape {tuple(y.shape)}; expected "
-                    f"({e - s}, {len(MBLNET_CHANNELS)}, {h}, {w})."
-                )
-            out[s:e] = y.float().cpu()
+    for s in range(0, t, int(batch_size)):
+        e = min(t, s + int(batch_size))
+        if c == 3:
+            x = torch.stack([src[s:e], src[s + 1 : e + 1], src[s + 2 : e + 2]], dim=1)
+        else:
+            x = src[s:e, None]
+        y = infer(net, x.to(dev))
+        if y.shape != (e - s, len(MBLNET_CHANNELS), h, w):
+            raise CycleULMError(
+                f"the MBL-Net model returned shape {tuple(y.shape)}; expected "
+                f"({e - s}, {len(MBLNET_CHANNELS)}, {h}, {w})."
+            )
+        out[s:e] = y.cpu()
     return out
 
 

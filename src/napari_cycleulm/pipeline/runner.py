@@ -15,6 +15,8 @@ import numpy as np
 
 from .._atomic import staged_dir, write_text_atomic
 from .._outputs import check_output_dir
+from ..device import resolve_device
+from ..dl.inference import default_precision
 from ..errors import CycleULMError
 from ..render.e2e import PROB_THRESHOLD as E2E_PROB_THRESHOLD
 from ..progress import Progress, drive
@@ -288,6 +290,7 @@ def plan_run(
     if mb_only:
         params["mbonly_psf"] = psf_params(mb_psf)
         params["models"] = {k: _describe_checkpoint(c) for k, c in nets.items()}
+        params["inference_precision"] = default_precision(resolve_device(device))
     params["gate"] = gate_mode
     if gate_kwargs(gate_mode) is not None:
         params["gate_params"] = dict(gate_params)

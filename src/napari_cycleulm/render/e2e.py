@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from ..arrays import as_frames
 from ..errors import CycleULMError
+from ..dl.inference import infer
 from ..dl.models import resolve_network
 from ..dl.nets.mbtnet import UPSCALE
 from .sr_maps import SRMaps, _check_shape, _positive
@@ -354,8 +355,7 @@ class E2EAccumulator:
 
     def _process(self, windows: np.ndarray) -> None:
         x = torch.from_numpy(windows).to(self._dev)
-        with torch.inference_mode():
-            y = self._net(x)
+        y = infer(self._net, x)
         n, _, h, w = x.shape
         want = (n, 3, h * UPSCALE, w * UPSCALE)
         if tuple(y.shape) != want:
