@@ -10,6 +10,7 @@ Usage::
     python benchmarks/bench_stages.py                 # 100 frames, all stages and pipelines
     python benchmarks/bench_stages.py --frames 200 --stages ncc decon
     python benchmarks/bench_stages.py --device cuda   # on a GPU machine
+    python benchmarks/bench_stages.py --threads 1      # one core per stage
 
 Results are printed as a table and written to ``bench_out/stages.json``.
 """
@@ -50,8 +51,13 @@ def _load(cache: Path, frames: int):
     return sim.frames, meta
 
 
-def _worker(stage: str, frames_n: int, device: str | None, cache: str, queue) -> None:
+def _worker(stage: str, frames_n: int, device: str | None, cache: str, queue, threads: int | None = None) -> None:
+    import torch
+
     from napari_cycleulm.psf import PSF
+
+    if threads:
+        torch.set_num_threads(threads)
 
     cache = Path(cache)
     t0 = time.perf_counter()
@@ -126,6 +132,7 @@ def main(argv=None) -> int:
     ap.add_argument("--stages", nargs="+", default=STAGES, choices=STAGES)
     ap.add_argument("--device", default=None)
     ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per stage (default: torch's)")
     args = ap.parse_args(argv)
     ctx = mp.get_context("spawn")
     cache = Path(args.out)
@@ -134,7 +141,7 @@ def main(argv=None) -> int:
     rows = []
     for stage in args.stages:
         q = ctx.Queue()
-        p = ctx.Process(target=_worker, args=(stage, args.frames, args.device, str(cache), q))
+        p = ctx.Process(target=_worker, args=(stage, args.frames, args.device, str(cache), q, args.threads))
         p.start()
         row = q.get()
         p.join()
@@ -150,7 +157,9 @@ def main(argv=None) -> int:
         "frames": args.frames,
         "shape": [511, 659],
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": args.threads or torch.get_num_threads(),
+        "inference_precision": __import__("napari_cycleulm.dl.inference", fromlist=["x"]).default_precision(
+            args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
     }

@@ -85,7 +85,8 @@ from napari_cycleulm.pipeline import CALIBRATION_FRAMES, run_pipeline
 from napari_cycleulm.preprocess.clutter_filter import DEFAULT_CLUTTER_FILTER, clutter_filtered
 from napari_cycleulm.psf import PSF, bubble_patches, estimate_psf_auto
 from napari_cycleulm.simulate import isolated_positions, simulate
-from napari_cycleulm.dl.mbdt_inference import translate
+from napari_cycleulm.dl.mbdt_inference import iter_translate, translate
+from napari_cycleulm.preprocess.evidence_gate import DEFAULT_GATE
 
 #: Pipelines scored on localisations (F1 at 1 px).
 LOCALISING = ("baseline1", "baseline2", "cycleulm-ncc", "cycleulm-decon", "cycleulm-loc")
@@ -398,12 +399,13 @@ def run_setting(setting: Setting, args) -> dict:
 
     gt_map = ground_truth_map(sim, UPSAMPLING)
     rec["truth"]["gt_map_spill"] = spill_fraction(gt_map, sim.vessel_mask)
-    nets = {"mbdt": args.mbdt, "mblnet": args.mblnet}
+    nets = {"mbdt": args.mbdt, "mblnet": args.mblnet, "mbtnet": args.mbtnet}
 
     def run_all(names, mbdt, label):
         rows = {}
         for name in names:
-            rows[name] = score_pipeline(sim, name, psf, gt_map, mbdt=mbdt, mblnet=nets["mblnet"])
+            rows[name] = score_pipeline(sim, name, psf, gt_map, mbdt=mbdt, mblnet=nets["mblnet"],
+                                        mbtnet=nets["mbtnet"])
             r = rows[name]
             f1 = "" if "f1" not in r else f"F1 {r['f1']:.3f} (R {r['recall']:.3f}, P {r['precision']:.3f}) "
             sr = "" if "sr_rmse" not in r else f"SR RMSE {_fmt(r['sr_rmse'], 4)} spill {_fmt(r['spill'])} "
@@ -428,6 +430,17 @@ def run_setting(setting: Setting, args) -> dict:
     rec["mbdt_effect_vs_filtered"] = compare_mip(rec["mip_filtered"], rec["mip_mbdt"])
     del mb
     _print_mip(rec["mip_ceus"], rec["mip_mbdt"], "shipped")
+    # The MB-DT stage as the CycleULM pipelines run it: with the evidence gate
+    # (their default), given the PSF they are given.
+    gate_psf = ft_psf
+    if gate_psf is not None:
+        mb = np.concatenate([m for _, _, m in iter_translate(filtered, nets["mbdt"], gate=DEFAULT_GATE,
+                                                             psf=gate_psf)])
+        rec["mip_mbdt_gated"] = describe_frames(mb, signal, background, points, radius)
+        rec["mip_mbdt_gated"]["gate"] = DEFAULT_GATE
+        rec["mbdt_gated_effect"] = compare_mip(rec["mip_ceus"], rec["mip_mbdt_gated"])
+        del mb
+        _print_mip(rec["mip_ceus"], rec["mip_mbdt_gated"], f"shipped, {DEFAULT_GATE} gate")
 
     if args.finetune_steps:
         rec["finetune"] = _finetune(sim, filtered, ft_psf, args, run_all, signal, background, points, radius,
@@ -481,7 +494,7 @@ def _weights_fingerprint(args) -> dict:
     from napari_cycleulm.dl.models import DEFAULT_WEIGHTS
 
     out = {}
-    for kind, given in (("mbdt", args.mbdt), ("mblnet", args.mblnet), ("mbtnet", "default")):
+    for kind, given in (("mbdt", args.mbdt), ("mblnet", args.mblnet), ("mbtnet", args.mbtnet)):
         path = Path(DEFAULT_WEIGHTS[kind]) if given == "default" else Path(given)
         out[kind] = {"path": str(given)}
         if path.is_file():
@@ -572,6 +585,12 @@ def _mip_table(recs, which: str) -> list[str]:
         before = r["mip_ceus"]
         if which == "shipped":
             after, eff = r["mip_mbdt"], r["mbdt_effect"]
+        elif which == "gated":
+            if "mip_mbdt_gated" not in r:
+                lines.append(f"| {r['name']} | {_fmt(before['contrast_db'], 2)} | - | - | - | - | - | "
+                             "not run (no PSF) |")
+                continue
+            after, eff = r["mip_mbdt_gated"], r["mbdt_gated_effect"]
         else:
             ft = r.get("finetune") or {}
             if "mip_mbdt" not in ft:
@@ -628,6 +647,11 @@ def markdown(report: dict) -> str:
             "FWHM: `triggered_fwhm`, the power average of the frames around up to 200 isolated true bubbles "
             "(local background of the same place at other times subtracted), the same estimator on CEUS and "
             "MB-only frames; narrowing = FWHM CEUS / FWHM MB-only; `-` where it is not measurable.", ""] + _mip_table(recs, "shipped")
+    if any("mip_mbdt_gated" in r for r in recs):
+        out += ["", "## The MB-DT stage as the pipelines run it (evidence gate on), shipped weights", "",
+                "The same measures on MB-DT's output multiplied by the pipelines' default evidence gate "
+                "(`preprocess.evidence_gate.DEFAULT_GATE`, given the automatic PSF): what every CycleULM "
+                "pipeline works on.", ""] + _mip_table(recs, "gated")
     if any(r.get("finetune") for r in recs):
         out += ["", "## MB-DT on the MIP, after fine-tuning", ""] + _mip_table(recs, "finetune")
     for metric, title in (("sr_rmse", "SR density map RMSE against the ground-truth map (max-normalised)"),
@@ -660,6 +684,7 @@ def main(argv=None) -> int:
     ap.add_argument("--pipelines", nargs="+", default=list(PIPELINES), choices=list(PIPELINES))
     ap.add_argument("--mbdt", default="default", help="MB-DT checkpoint (default: the shipped weights)")
     ap.add_argument("--mblnet", default="default", help="MBL-Net checkpoint (default: the shipped weights)")
+    ap.add_argument("--mbtnet", default="default", help="MBT-Net checkpoint (default: the shipped weights)")
     ap.add_argument("--finetune-steps", type=int, default=0,
                     help="also fine-tune MB-DT on each setting's frames for N steps (label-free; 0: skip)")
     ap.add_argument("--true-psf", action="store_true",
@@ -677,6 +702,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     json_path, md_path = out / "generalisation.json", out / "generalisation.md"
     config = {"frames": args.frames, "pipelines": args.pipelines, "mbdt": args.mbdt, "mblnet": args.mblnet,
+              "mbtnet": args.mbtnet,
               "finetune_steps": args.finetune_steps, "psf": "true" if args.true_psf else "auto"}
     report = None
     if json_path.exists():
@@ -692,7 +718,7 @@ def main(argv=None) -> int:
         report = {"meta": {"date": datetime.date.today().isoformat(), "commit": _git("rev-parse", "--short", "HEAD"),
                            "dirty": [ln[3:] for ln in (dirty or "").splitlines()],
                            "command": "python benchmarks/generalisation.py " + " ".join(argv or sys.argv[1:]),
-                           "mbdt": args.mbdt, "mblnet": args.mblnet, "frames": args.frames,
+                           "mbdt": args.mbdt, "mblnet": args.mblnet, "mbtnet": args.mbtnet, "frames": args.frames,
                            "psf": config["psf"], "threads": args.threads},
                   "config": config, "settings": {}}
     out.mkdir(parents=True, exist_ok=True)

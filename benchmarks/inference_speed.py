@@ -6,9 +6,10 @@ Each network (MB-DT, MBL-Net, MBT-Net, shipped weights) runs on frames of the
 
 * ``contiguous``: the plain ``net(x)`` under ``torch.inference_mode`` (the
   code path before :func:`napari_cycleulm.dl.inference.infer`);
-* ``channels_last``: :func:`~napari_cycleulm.dl.inference.infer` (channels-last
-  input, float32: the default);
-* ``channels_last + bfloat16``: ``infer(..., precision="bfloat16")``;
+* ``channels_last``: :func:`~napari_cycleulm.dl.inference.infer` with
+  ``precision="float32"`` (channels-last input and weights);
+* ``channels_last + bfloat16``: ``infer(..., precision="bfloat16")`` (the
+  default where the hardware has native bfloat16);
 
 for several batch sizes and thread counts.  It also reports how far each
 variant's output is from the contiguous float32 output (maximum absolute
@@ -47,7 +48,7 @@ def _call(net, x, variant):
     if variant == "contiguous":
         with torch.inference_mode():
             return net(x).float()
-    return infer(net, x, "bfloat16" if variant.endswith("bfloat16") else None)
+    return infer(net, x, "bfloat16" if variant.endswith("bfloat16") else "float32")
 
 
 def _inputs(kind, frames, mb, n_frames, batch):
@@ -64,6 +65,8 @@ def _inputs(kind, frames, mb, n_frames, batch):
 
 def measure(kind, frames, mb, n_frames, batch, variant, device):
     net, dev, _ = resolve_network(kind, "default", device)
+    if variant == "contiguous":  # the code path before dl.inference: default layout everywhere
+        net = net.to(memory_format=torch.contiguous_format)
     fwd = net.translate if kind == "mbdt" else net
     batches = [b.to(dev) for b in _inputs(kind, frames, mb, n_frames, batch)]
     _call(fwd, batches[0][:1], variant)  # warm-up (oneDNN primitive creation)

@@ -86,3 +86,23 @@ def test_a_pipeline_records_its_inference_precision(tmp_path, monkeypatch):
         assert res.params["inference_precision"] == precision
     base = run_pipeline(frames, "baseline1", psf, device="cpu")
     assert "inference_precision" not in base.params  # no network ran
+
+
+def test_default_batch_size_follows_the_frame_size_and_never_changes_results():
+    from napari_cycleulm.dl.inference import BATCH_PIXELS, default_batch_size, resolve_batch_size
+    from napari_cycleulm.dl.mbdt_inference import translate
+
+    assert default_batch_size((128, 160)) == BATCH_PIXELS // (128 * 160) == 4
+    assert default_batch_size((511, 659)) == 1
+    assert default_batch_size((8, 8)) == 16  # capped
+    assert default_batch_size((511, 659), cap=4) == 1
+    assert resolve_batch_size(3, (511, 659)) == 3
+    for bad in (0, 2.5, True):
+        with pytest.raises(CycleULMError, match="batch_size must be a whole number"):
+            resolve_batch_size(bad, (10, 10))
+    torch.manual_seed(2)
+    net = MBDT(base_channels=4).eval()
+    frames = torch.rand(7, 24, 20).numpy()
+    ref = translate(frames, net, scale=1.0, batch_size=1)
+    for b in (None, 3, 7):
+        assert abs(translate(frames, net, scale=1.0, batch_size=b) - ref).max() < 1e-3

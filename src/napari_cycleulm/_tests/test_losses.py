@@ -24,6 +24,7 @@ from napari_cycleulm.dl.losses import (
     presence_bce,
     similarity_blur_kernel,
     similarity_loss,
+    soft_dice_loss,
     trajectory_bce,
     weighted_velocity_mse,
 )
@@ -234,6 +235,34 @@ def test_mbtnet_loss_terms_and_weight_source():
         mbtnet_loss(out, traj, vel, weight_source="gt")
     with pytest.raises(CycleULMError, match="do not match"):
         weighted_velocity_mse(out[:, 1:], vel, traj[..., :4])
+
+
+def test_soft_dice_known_values_and_it_penalises_wide_predictions():
+    t = torch.zeros(1, 1, 8, 8)
+    t[0, 0, 4, :] = 1  # a thin line, 8 pixels
+    big = 40.0
+    exact = torch.where(t > 0, big, -big)
+    assert soft_dice_loss(exact, t).item() == pytest.approx(0.0, abs=1e-6)
+    # predicted 3 pixels wide: Dice 2*8 / (24 + 8); eps = 1 pixel
+    wide = torch.full_like(t, -big)
+    wide[0, 0, 3:6, :] = big
+    assert soft_dice_loss(wide, t).item() == pytest.approx(1 - (16 + 1) / (32 + 1), rel=1e-5)
+    empty = torch.full_like(t, -big)
+    assert soft_dice_loss(empty, t).item() == pytest.approx(1 - 1 / 9, rel=1e-5)
+    # An empty target predicted empty costs nothing.
+    assert soft_dice_loss(empty, torch.zeros_like(t)).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_mbtnet_loss_dice_weight_adds_the_dice_term():
+    torch.manual_seed(3)
+    out = torch.randn(2, 3, 8, 8)
+    traj = (torch.rand(2, 1, 8, 8) > 0.8).float()
+    vel = torch.randn(2, 2, 8, 8) * traj
+    plain = mbtnet_loss(out, traj, vel)
+    with_dice = mbtnet_loss(out, traj, vel, dice_weight=0.5)
+    assert with_dice["trajectory"].item() == pytest.approx(
+        plain["trajectory"].item() + 0.5 * soft_dice_loss(out[:, :1], traj).item(), rel=1e-6
+    )
 
 
 def test_presence_bce_accepts_bool_targets():

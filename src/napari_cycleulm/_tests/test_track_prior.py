@@ -208,21 +208,22 @@ def test_length_summary_of_no_tracks():
 
 
 # --- MBT-Net training default --------------------------------------------------------------------
-def _shipped_mbtnet_pos_weight() -> float:
+def _shipped_mbtnet_loss_params() -> dict:
     from napari_cycleulm.dl.checkpoint import load_checkpoint
 
     ck = load_checkpoint(str(files("napari_cycleulm") / "weights" / "mbtnet_default.pt"))
-    return ck.extra["training"]["loss_params"]["pos_weight"]
+    return ck.extra["training"]["loss_params"]
 
 
-def test_mbtnet_trainer_default_pos_weight_is_the_shipped_weights():
+def test_mbtnet_trainer_default_loss_is_the_shipped_weights():
     from napari_cycleulm import train
 
-    assert train.MBTNET_POS_WEIGHT == _shipped_mbtnet_pos_weight() == 10.0
+    assert train.MBTNET_LOSS_PARAMS == _shipped_mbtnet_loss_params()
+    assert train.MBTNET_LOSS_PARAMS["dice_weight"] > 0  # thin trajectories (docs/model_card.md)
 
 
-def test_cycleulm_train_mbtnet_with_defaults_uses_the_shipped_pos_weight(tmp_path, monkeypatch):
-    """`cycleulm train mbtnet` with no loss option trains with (and records) the shipped weight."""
+def test_cycleulm_train_mbtnet_with_defaults_uses_the_shipped_loss(tmp_path, monkeypatch):
+    """`cycleulm train mbtnet` with no loss option trains with (and records) the shipped loss."""
     import napari_cycleulm.dl.losses as losses
     from napari_cycleulm.dl.checkpoint import load_checkpoint
     from napari_cycleulm.cli import main
@@ -231,13 +232,13 @@ def test_cycleulm_train_mbtnet_with_defaults_uses_the_shipped_pos_weight(tmp_pat
     real = losses.mbtnet_loss
 
     def spy(*args, **kw):
-        seen.append(kw.get("pos_weight"))
+        seen.append({k: kw.get(k) for k in ("pos_weight", "dice_weight", "velocity_weight")})
         return real(*args, **kw)
 
     monkeypatch.setattr(losses, "mbtnet_loss", spy)
     out = tmp_path / "m.pt"
     assert main(["train", "mbtnet", "--sigma-range", "1", "1", "--steps", "1", "--out", str(out),
                  "--quiet"]) == 0
-    assert seen == [_shipped_mbtnet_pos_weight()]
+    assert seen == [_shipped_mbtnet_loss_params()]
     ck = load_checkpoint(str(out))
-    assert ck.extra["training"]["loss_params"]["pos_weight"] == _shipped_mbtnet_pos_weight()
+    assert ck.extra["training"]["loss_params"] == _shipped_mbtnet_loss_params()

@@ -213,6 +213,9 @@ def test_validate_mblnet_and_mbtnet_report_metrics():
     assert m["recall"] == 0.0  # an untrained net (p ~ 0.02) detects nothing
     v = train.validate_mbtnet(MBTNet(), (0.5, 1.5), n=2)
     assert 0 <= v["dice"] <= 1 and np.isfinite(v["velocity_rmse_px_per_frame"])
+    # One SR pixel of tolerance is stricter than one input pixel (4 SR pixels).
+    assert v["trajectory_recall_sr1"] <= v["trajectory_recall"]
+    assert v["trajectory_precision_sr1"] <= v["trajectory_precision"]
 
 
 def _bubble_stack(n_per_frame, seed=0, shape=(20, 80, 80)):

@@ -35,7 +35,16 @@ from torch import nn
 
 from ..errors import CycleULMError
 
-__all__ = ["PRECISIONS", "PRECISION_ENV", "default_precision", "infer", "resolve_precision"]
+__all__ = ["BATCH_PIXELS", "PRECISIONS", "PRECISION_ENV", "default_batch_size", "default_precision", "infer",
+           "resolve_batch_size", "resolve_precision"]
+
+#: Frame pixels per network call on the CPU (:func:`default_batch_size`).  On
+#: 2 CPU cores MB-DT and MBL-Net process the most pixels per second at 40,000-
+#: 160,000 pixels per call (128 x 160 frames in batches of 2-4, 256 x 320 in
+#: batches of 1-2); 8 frames of 511 x 659 per call, the former default, ran
+#: MB-DT at half the speed of one frame per call (the activations no longer
+#: fit the caches; ``benchmarks/inference_speed.py``).
+BATCH_PIXELS = 4 * 128 * 160
 
 #: Accepted ``precision`` values.
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -88,6 +97,27 @@ def resolve_precision(precision: str | None, device: torch.device | str = "cpu")
     if precision == "bfloat16":
         return torch.bfloat16
     raise CycleULMError(f"precision must be one of {PRECISIONS}, got {precision!r}.")
+
+
+def default_batch_size(shape: tuple[int, int], device: torch.device | str = "cpu", cap: int = 16) -> int:
+    """Frames (or MBT-Net windows) per network call for ``(H, W)`` frames on ``device``.
+
+    ``BATCH_PIXELS // (H * W)`` on the CPU, 16x that on a GPU (which needs
+    large batches to fill), at least 1 and at most ``cap``.  The batch size
+    never changes the results, only the speed and the memory.
+    """
+    px = int(shape[0]) * int(shape[1])
+    budget = BATCH_PIXELS * (16 if torch.device(device).type == "cuda" else 1)
+    return int(max(1, min(int(cap), budget // max(px, 1))))
+
+
+def resolve_batch_size(batch_size: int | None, shape: tuple[int, int], device: torch.device | str = "cpu") -> int:
+    """``batch_size`` checked (a whole number >= 1), or :func:`default_batch_size` when None."""
+    if batch_size is None:
+        return default_batch_size(shape, device)
+    if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
+        raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+    return int(batch_size)
 
 
 def _autocast(device: torch.device, dtype: torch.dtype):

@@ -25,7 +25,7 @@ from .. import io as ulm_io
 from ..arrays import as_frames, as_image
 from ..intensity import intensity_scale, mbdt_input_scale
 from ..errors import CycleULMError
-from .inference import infer
+from .inference import infer, resolve_batch_size
 from .models import resolve_network
 from ..stages import run_scale
 from ..preprocess.evidence_gate import block_gate
@@ -38,12 +38,6 @@ def _check_scale(scale) -> float:
     if not ok or not np.isfinite(scale) or scale <= 0:
         raise CycleULMError(f"scale must be a positive number, got {scale!r}.")
     return float(scale)
-
-
-def _check_batch(batch_size) -> int:
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
-    return int(batch_size)
 
 
 def _run_translator(net, frames: np.ndarray, before, after, batch_size: int, dev) -> np.ndarray:
@@ -71,7 +65,7 @@ def translate(
     model=None,
     *,
     scale: float | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     before=None,
     after=None,
@@ -89,8 +83,10 @@ def translate(
         Intensity factor applied to the frames (and to ``before`` / ``after``)
         before the network; default: :func:`~napari_cycleulm.intensity.mbdt_input_scale`
         of ``frames``.  Streaming callers pass one run-wide value.
-    batch_size : int
-        Frames translated together.
+    batch_size : int, optional
+        Frames translated together; default
+        :func:`~napari_cycleulm.dl.inference.default_batch_size` (4 frames of
+        128 x 160, 1 of 511 x 659 on a CPU).
     device : str or torch.device, optional
         Torch device (default: the model's, CUDA when available).
     before, after : array_like, optional
@@ -109,7 +105,6 @@ def translate(
         On bad frames, bad neighbours, a bad scale or a missing / wrong model.
     """
     arr = as_frames(frames, name="frames")
-    batch_size = _check_batch(batch_size)
     scale = mbdt_input_scale(arr) if scale is None else _check_scale(scale)
     nb = []
     for name, img, edge in (("before", before, arr[0]), ("after", after, arr[-1])):
@@ -123,6 +118,7 @@ def translate(
             )
         nb.append(img * scale)
     net, dev, _ = resolve_network("mbdt", model, device)
+    batch_size = resolve_batch_size(batch_size, arr.shape[1:], dev)
     return _run_translator(net, arr * np.float32(scale), nb[0], nb[1], batch_size, dev)
 
 
@@ -132,7 +128,7 @@ def iter_translate(
     *,
     block_size: int = 64,
     scale: float | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     gate: str = "none",
     psf=None,
@@ -172,7 +168,6 @@ def iter_translate(
     """
     if int(block_size) != block_size or block_size < 1:
         raise CycleULMError(f"block_size must be a whole number >= 1, got {block_size}.")
-    batch_size = _check_batch(batch_size)
     shape = tuple(int(s) for s in np.shape(stack)) if not hasattr(stack, "shape") else tuple(
         int(s) for s in stack.shape
     )
@@ -185,6 +180,7 @@ def iter_translate(
         scale = run_scale(stack, mbdt=True)
     scale = np.float32(_check_scale(scale))
     net, dev, _ = resolve_network("mbdt", model, device)
+    batch_size = resolve_batch_size(batch_size, shape[1:], dev)
     prev = None
     for start, stop, block in ulm_io.iter_blocks(stack, block_size):
         block = block * scale

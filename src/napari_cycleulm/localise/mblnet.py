@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from ..arrays import as_frames, as_image
 from ..errors import CycleULMError
-from ..dl.inference import infer
+from ..dl.inference import infer, resolve_batch_size
 from ..dl.models import resolve_network
 from ..dl.nets import MBLNET_CHANNELS
 from ..io.tables import Localisations
@@ -51,7 +51,7 @@ def mblnet_maps(
     mb_frames,
     model=None,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     before=None,
     after=None,
@@ -63,9 +63,8 @@ def mblnet_maps(
     given, else the edge frame is replicated.
     """
     arr = as_frames(mb_frames, name="mb_frames")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
     net, dev, _ = resolve_network("mblnet", model, device)
+    batch_size = resolve_batch_size(batch_size, arr.shape[1:], dev)
     c = _in_channels(net)
     if c not in (1, 3):
         raise CycleULMError(f"MBL-Net with {c} input channels is not supported (1 or 3).")
@@ -156,7 +155,7 @@ def localise_mblnet(
     model=None,
     threshold: float = 0.5,
     *,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     device: str | torch.device | None = None,
     before=None,
     after=None,
@@ -174,8 +173,9 @@ def localise_mblnet(
     threshold : float
         Minimum probability summed over a 3x3 neighbourhood (default 0.5:
         more likely a bubble than not).
-    batch_size : int
-        Frames per network call.
+    batch_size : int, optional
+        Frames per network call; default
+        :func:`~napari_cycleulm.dl.inference.default_batch_size`.
     device : str or torch.device, optional
         Torch device (default: the model's, CUDA when available).
     before, after : array_like, optional
@@ -196,9 +196,8 @@ def localise_mblnet(
     if not isinstance(threshold, (int, float, np.number)) or not np.isfinite(threshold) or threshold < 0:
         raise CycleULMError(f"threshold must be a number >= 0, got {threshold!r}.")
     arr = as_frames(mb_frames, name="mb_frames")
-    if int(batch_size) != batch_size or batch_size < 1:
-        raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
     net, dev, _ = resolve_network("mblnet", model, device)
+    batch_size = resolve_batch_size(batch_size, arr.shape[1:], dev)
     # Decoded batch by batch: the 7 output maps of a whole block would take
     # 7x its memory (1.9 GB for 200 frames of 511 x 659).  Each batch sees its
     # true neighbouring frames, so the result does not depend on batch_size.

@@ -49,7 +49,9 @@ import torch
 import torch.nn.functional as F
 
 from ..arrays import as_frames
+from ..device import resolve_device
 from ..errors import CycleULMError
+from ..dl.inference import default_batch_size as inference_batch_size
 from ..dl.inference import infer
 from ..dl.models import resolve_network
 from ..dl.nets.mbtnet import UPSCALE
@@ -61,23 +63,19 @@ _SUMS = ("w", "speed", "axial", "uy", "ux", "vy", "vx")
 
 
 #: Default trajectory probability a pixel must reach to count (binary weights).
-#: 0.4, not 0.5: MBT-Net is trained with a positive-class weight (thin
-#: trajectories cover ~2 % of the x4 grid), which raises its probabilities'
-#: calibration point.  On fresh synthetic sequences (seed 777, 32 each, MB-only
-#: sigma 1.0x1.0, 1.0x1.5, 1.5x2.0 px) the shipped network's trajectory F1 at
-#: 1 px was 0.951/0.907/0.802 at 0.3, 0.948/0.919/0.843 at 0.4, 0.924/0.914/0.866
-#: at 0.5 and 0.48/0.44/0.45 at 0.7: 0.4 loses least (<= 0.023) against each
-#: setting's best.
+#: Chosen on fresh synthetic sequences (seed 777, 32 each, MB-only sigma 1.0x1.0,
+#: 1.0x1.5, 1.5x2.0 px), never on the benchmarks' seeds.  For the first shipped
+#: MBT-Net (positive-class weight 10, wide trajectories) 0.4 lost least against
+#: each setting's best F1.  The Dice-trained weights of 2026-12-01 are nearly
+#: flat in the threshold: trajectory F1 at one SR pixel 0.892/0.878/0.850 at
+#: 0.3, 0.889/0.874/0.846 at 0.4, 0.886/0.869/0.842 at 0.5 and 0.881/0.864/0.837
+#: at 0.6, so 0.4 stays (within 0.004 of the best).
 PROB_THRESHOLD = 0.4
 
 
-#: Frame pixels per MBT-Net call that the default batch size aims at (4 windows of 160 x 160).
-BATCH_PIXELS = 4 * 160 * 160
-
-
-def default_batch_size(shape: tuple[int, int]) -> int:
-    """Windows per MBT-Net call for ``(H, W)`` frames: 4, fewer on large frames (at least 1)."""
-    return int(max(1, min(4, BATCH_PIXELS // (int(shape[0]) * int(shape[1])))))
+def default_batch_size(shape: tuple[int, int], device: torch.device | str = "cpu") -> int:
+    """Windows per MBT-Net call for ``(H, W)`` frames: :func:`napari_cycleulm.dl.inference.default_batch_size`, at most 4."""
+    return inference_batch_size(shape, device, cap=4)
 
 
 def window_starts(n_frames: int, window: int, stride: int | None = None, pad_last: bool = True) -> list[int]:
@@ -203,8 +201,9 @@ class E2EAccumulator:
             checkpoint for every block.
         batch_size : int, optional
             Windows per network call; default :func:`default_batch_size` (4 on
-            frames up to about 160 x 160, 1 on 511 x 659 frames, where MBT-Net's
-            x4 decoder would otherwise hold gigabytes of activations).
+            frames up to 128 x 160, 1 from 256 x 320 on; larger batches of big
+            frames are slower and MBT-Net's x4 decoder would hold gigabytes of
+            activations).
         device : str or torch.device, optional
             Torch device (default: the model's, CUDA when available).
 
@@ -221,7 +220,7 @@ class E2EAccumulator:
                 f"frames of {arr.shape[1:]} do not match the accumulator's {self.shape}."
             )
         if batch_size is None:
-            batch_size = default_batch_size(self.shape)
+            batch_size = default_batch_size(self.shape, self._dev or resolve_device(device))
         if int(batch_size) != batch_size or batch_size < 1:
             raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
         self._batch_size = int(batch_size)
@@ -266,7 +265,7 @@ class E2EAccumulator:
                 f"windows must be (N, L, {self.shape[0]}, {self.shape[1]}), got shape {arr.shape}."
             )
         if batch_size is None:
-            batch_size = default_batch_size(self.shape)
+            batch_size = default_batch_size(self.shape, self._dev or resolve_device(device))
         if int(batch_size) != batch_size or batch_size < 1:
             raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
         self._bind(model, device)

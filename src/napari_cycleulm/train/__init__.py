@@ -23,7 +23,7 @@ What is where
 * :mod:`.synthetic_nets`: :func:`iter_train_mblnet` / :func:`train_mblnet`
   (MBL-Net on synthetic MB-only patches) and :func:`iter_train_mbtnet` /
   :func:`train_mbtnet` (MBT-Net on synthetic MB-only sequences), with
-  ``DEFAULT_GENERALIST_SIGMA_RANGE_PX`` and ``MBTNET_POS_WEIGHT``.
+  ``DEFAULT_GENERALIST_SIGMA_RANGE_PX`` and ``MBTNET_LOSS_PARAMS``.
 * :mod:`.validate`: :func:`validate_mblnet`, :func:`validate_mbtnet` and
   :func:`validate_mbdt`.
 
@@ -48,7 +48,7 @@ from .mbdt import (
 )
 from .synthetic_nets import (
     DEFAULT_GENERALIST_SIGMA_RANGE_PX,
-    MBTNET_POS_WEIGHT,
+    MBTNET_LOSS_PARAMS,
     iter_train_mblnet,
     iter_train_mbtnet,
     train_mblnet,
@@ -71,7 +71,7 @@ __all__ = [
     # public in the old train.py too, without being listed in its __all__
     "DOMAIN_B_COUNT_FACTOR",
     "FINETUNE_MAX_FRAMES",
-    "MBTNET_POS_WEIGHT",
+    "MBTNET_LOSS_PARAMS",
     "NORMALISATION_PERCENTILE",
     "domain_b_config",
     # private, re-exported for the tests (train._CeusSource)

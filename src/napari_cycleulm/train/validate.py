@@ -122,7 +122,8 @@ def validate_mbtnet(
         ``dice`` (pixel overlap of the thresholded trajectory map with the
         GT map at 4x resolution), ``trajectory_precision``,
         ``trajectory_recall``, ``trajectory_f1`` (with a tolerance of one
-        input pixel, i.e. ``upsampling`` output pixels) and
+        input pixel, i.e. ``upsampling`` output pixels), the same three with
+        a tolerance of one output (SR) pixel (``..._sr1``) and
         ``velocity_rmse_px_per_frame`` (RMS vector error of ``(vy, vx)`` on
         the GT trajectory pixels, input pixels per frame), plus
         ``velocity_rms_px_per_frame`` of the GT for scale.
@@ -144,19 +145,24 @@ def validate_mbtnet(
     gt = data.trajectory > 0.5
     inter = float((pred & gt).sum())
     dice = 2 * inter / max(float(pred.sum() + gt.sum()), 1.0)
-    r = MBTNET_UPSCALE
-    yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
-    disk = (yy**2 + xx**2 <= r * r)[None]
-    gt_d = ndimage.binary_dilation(gt, structure=disk)
-    pred_d = ndimage.binary_dilation(pred, structure=disk)
-    prec = float((pred & gt_d).sum()) / max(float(pred.sum()), 1.0)
-    rec = float((gt & pred_d).sum()) / max(float(gt.sum()), 1.0)
-    f1 = 2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0
+
+    def tolerant(r: int) -> tuple[float, float, float]:
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        disk = (yy**2 + xx**2 <= r * r)[None]
+        gt_d = ndimage.binary_dilation(gt, structure=disk)
+        pred_d = ndimage.binary_dilation(pred, structure=disk)
+        prec = float((pred & gt_d).sum()) / max(float(pred.sum()), 1.0)
+        rec = float((gt & pred_d).sum()) / max(float(gt.sum()), 1.0)
+        return prec, rec, (2 * prec * rec / (prec + rec) if prec + rec > 0 else 0.0)
+
+    prec, rec, f1 = tolerant(MBTNET_UPSCALE)
+    prec1, rec1, f1_1 = tolerant(1)
     err = ((out[:, 1:3] - data.velocity) ** 2).sum(axis=1)[gt]
     vgt = (data.velocity**2).sum(axis=1)[gt]
     return {
         "dice": dice, "trajectory_precision": prec, "trajectory_recall": rec,
         "trajectory_f1": f1,
+        "trajectory_precision_sr1": prec1, "trajectory_recall_sr1": rec1, "trajectory_f1_sr1": f1_1,
         "velocity_rmse_px_per_frame": float(np.sqrt(err.mean())) if err.size else float("nan"),
         "velocity_rms_px_per_frame": float(np.sqrt(vgt.mean())) if vgt.size else float("nan"),
         "n_sequences": int(n), "threshold": threshold,
