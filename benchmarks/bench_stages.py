@@ -153,13 +153,14 @@ def main(argv=None) -> int:
 
     import torch
 
+    from napari_cycleulm.dl.inference import default_precision
+
     info = {
         "frames": args.frames,
         "shape": [511, 659],
         "device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
         "torch_threads": args.threads or torch.get_num_threads(),
-        "inference_precision": __import__("napari_cycleulm.dl.inference", fromlist=["x"]).default_precision(
-            args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
+        "inference_precision": default_precision(args.device or ("cuda" if torch.cuda.is_available() else "cpu")),
         "machine": platform.processor() or platform.machine(),
         "rows": rows,
     }

@@ -111,10 +111,12 @@ def default_batch_size(shape: tuple[int, int], device: torch.device | str = "cpu
     return int(max(1, min(int(cap), budget // max(px, 1))))
 
 
-def resolve_batch_size(batch_size: int | None, shape: tuple[int, int], device: torch.device | str = "cpu") -> int:
-    """``batch_size`` checked (a whole number >= 1), or :func:`default_batch_size` when None."""
+def resolve_batch_size(
+    batch_size: int | None, shape: tuple[int, int], device: torch.device | str = "cpu", cap: int = 16
+) -> int:
+    """``batch_size`` checked (a whole number >= 1), or :func:`default_batch_size` (with ``cap``) when None."""
     if batch_size is None:
-        return default_batch_size(shape, device)
+        return default_batch_size(shape, device, cap)
     if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
         raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
     return int(batch_size)

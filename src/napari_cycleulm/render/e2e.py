@@ -52,7 +52,7 @@ from ..arrays import as_frames
 from ..device import resolve_device
 from ..errors import CycleULMError
 from ..dl.inference import default_batch_size as inference_batch_size
-from ..dl.inference import infer
+from ..dl.inference import infer, resolve_batch_size
 from ..dl.models import resolve_network
 from ..dl.nets.mbtnet import UPSCALE
 from .sr_maps import SRMaps, _check_shape, _positive
@@ -219,11 +219,7 @@ class E2EAccumulator:
             raise CycleULMError(
                 f"frames of {arr.shape[1:]} do not match the accumulator's {self.shape}."
             )
-        if batch_size is None:
-            batch_size = default_batch_size(self.shape, self._dev or resolve_device(device))
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
-        self._batch_size = int(batch_size)
+        self._batch_size = resolve_batch_size(batch_size, self.shape, self._dev or resolve_device(device), cap=4)
         self._bind(model, device)
         self._buf = np.concatenate([self._buf, arr]) if len(self._buf) else arr
         self.n_frames += len(arr)
@@ -264,10 +260,7 @@ class E2EAccumulator:
             raise CycleULMError(
                 f"windows must be (N, L, {self.shape[0]}, {self.shape[1]}), got shape {arr.shape}."
             )
-        if batch_size is None:
-            batch_size = default_batch_size(self.shape, self._dev or resolve_device(device))
-        if int(batch_size) != batch_size or batch_size < 1:
-            raise CycleULMError(f"batch_size must be a whole number >= 1, got {batch_size!r}.")
+        batch_size = resolve_batch_size(batch_size, self.shape, self._dev or resolve_device(device), cap=4)
         self._bind(model, device)
         if arr.shape[1] != self.window:
             raise CycleULMError(f"windows of {arr.shape[1]} frames; the MBT-Net reads {self.window}.")
