@@ -4,23 +4,24 @@ Every inference call of MB-DT, MBL-Net and MBT-Net goes through :func:`infer`:
 
 * no autograd (``torch.inference_mode``);
 * the input in channels-last memory layout (NHWC).  oneDNN on the CPU and
-  cuDNN on GPUs run convolutions fastest in that layout; the weights stay as
-  they are (a module handed in by a caller is never modified).  On 511 x 659
+  cuDNN on GPUs run convolutions fastest in that layout.  On 511 x 659
   frames on 2 CPU cores it speeds MB-DT up 1.7x, MBL-Net 1.7x and MBT-Net
   1.3x, with results equal to the contiguous layout's to float32 rounding
-  (``benchmarks/inference_speed.py``);
+  (``benchmarks/inference_speed.py``).  :func:`infer` itself never changes
+  the network;
 * bfloat16 autocast where the hardware computes in bfloat16 natively
   (:func:`default_precision`: CPUs with AMX or AVX-512-BF16, CUDA GPUs that
   support bfloat16), float32 elsewhere.  On 511 x 659 frames on this
-  project's 2-core Xeon it is another 2-2.5x (MB-DT, MBL-Net, MBT-Net); on
+  project's 2-core Xeon it is another 1.8-2.5x (MB-DT, MBL-Net, MBT-Net); on
   two held-out settings of ``benchmarks/generalisation.py`` it changed
-  CycleULM-Loc's F1 and CycleULM-E2E's SR RMSE by less than 0.1 %
+  CycleULM-Loc's F1 by at most 0.0006 and CycleULM-E2E's SR RMSE by 0.3 %
   (``docs/benchmarks.md``).  The environment variable
   ``CYCLEULM_PRECISION=float32`` (or ``bfloat16``) overrides the choice for
   a whole run, e.g. to reproduce float32 results bit for bit.
 
-Network weights are put in channels-last layout when a network is resolved
-for inference (:func:`napari_cycleulm.dl.models.resolve_network`): under
+Network weights (of a loaded checkpoint or of a module handed in) are put in
+channels-last layout, values unchanged, when a network is resolved for
+inference (:func:`napari_cycleulm.dl.models.resolve_network`): under
 autocast, weights in the other layout are converted at every call, which
 costs as much as the bfloat16 convolutions save.
 """
