@@ -80,8 +80,8 @@ def mblnet_maps(
     else:
         src = torch.from_numpy(arr)
     out = torch.empty((t, len(MBLNET_CHANNELS), h, w), dtype=torch.float32)
-    for s in range(0, t, int(batch_size)):
-        e = min(t, s + int(batch_size))
+    for s in range(0, t, batch_size):
+        e = min(t, s + batch_size)
         if c == 3:
             x = torch.stack([src[s:e], src[s + 1 : e + 1], src[s + 2 : e + 2]], dim=1)
         else:
@@ -203,8 +203,8 @@ def localise_mblnet(
     # true neighbouring frames, so the result does not depend on batch_size.
     t = len(arr)
     parts = []
-    for s in range(0, t, int(batch_size)):
-        e = min(t, s + int(batch_size))
+    for s in range(0, t, batch_size):
+        e = min(t, s + batch_size)
         outs = mblnet_maps(arr[s:e], net, batch_size=batch_size, device=dev,
                            before=before if s == 0 else arr[s - 1], after=after if e == t else arr[e])
         locs = decode_mblnet(outs, threshold)

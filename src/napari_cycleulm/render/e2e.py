@@ -73,9 +73,13 @@ _SUMS = ("w", "speed", "axial", "uy", "ux", "vy", "vx")
 PROB_THRESHOLD = 0.4
 
 
+#: Most MBT-Net windows per network call by default (its x4 decoder holds large activations).
+MAX_WINDOWS_PER_CALL = 4
+
+
 def default_batch_size(shape: tuple[int, int], device: torch.device | str = "cpu") -> int:
-    """Windows per MBT-Net call for ``(H, W)`` frames: :func:`napari_cycleulm.dl.inference.default_batch_size`, at most 4."""
-    return inference_batch_size(shape, device, cap=4)
+    """Windows per MBT-Net call for ``(H, W)`` frames: :func:`napari_cycleulm.dl.inference.default_batch_size`, at most :data:`MAX_WINDOWS_PER_CALL`."""
+    return inference_batch_size(shape, device, cap=MAX_WINDOWS_PER_CALL)
 
 
 def window_starts(n_frames: int, window: int, stride: int | None = None, pad_last: bool = True) -> list[int]:
@@ -219,7 +223,8 @@ class E2EAccumulator:
             raise CycleULMError(
                 f"frames of {arr.shape[1:]} do not match the accumulator's {self.shape}."
             )
-        self._batch_size = resolve_batch_size(batch_size, self.shape, self._dev or resolve_device(device), cap=4)
+        self._batch_size = resolve_batch_size(batch_size, self.shape, self._dev or resolve_device(device),
+                                       cap=MAX_WINDOWS_PER_CALL)
         self._bind(model, device)
         self._buf = np.concatenate([self._buf, arr]) if len(self._buf) else arr
         self.n_frames += len(arr)
@@ -260,12 +265,13 @@ class E2EAccumulator:
             raise CycleULMError(
                 f"windows must be (N, L, {self.shape[0]}, {self.shape[1]}), got shape {arr.shape}."
             )
-        batch_size = resolve_batch_size(batch_size, self.shape, self._dev or resolve_device(device), cap=4)
+        batch_size = resolve_batch_size(batch_size, self.shape, self._dev or resolve_device(device),
+                                       cap=MAX_WINDOWS_PER_CALL)
         self._bind(model, device)
         if arr.shape[1] != self.window:
             raise CycleULMError(f"windows of {arr.shape[1]} frames; the MBT-Net reads {self.window}.")
-        for i in range(0, len(arr), int(batch_size)):
-            self._process(arr[i : i + int(batch_size)])
+        for i in range(0, len(arr), batch_size):
+            self._process(arr[i : i + batch_size])
         self.n_windows += len(arr)
         return len(arr)
 
