@@ -61,7 +61,7 @@ def intensity_scale(frames, percentile: float = 99.9, max_values: float | None =
 #: to leave dark.  See :func:`mbdt_input_scale`.
 MBDT_BACKGROUND_LEVEL = 0.10
 
-#: The darkest background MB-DT's input is raised to (0.6x the level).  Under
+#: The darkest background MB-DT's input is raised to (0.4x the level).  Under
 #: the percentile convention a dark median means that the 99.9th percentile is
 #: a rare, very bright bubble (dense flow with a wide intensity spread), so
 #: typical bubbles reach MB-DT dimmer than any it learnt to keep.  Chosen with
@@ -69,7 +69,7 @@ MBDT_BACKGROUND_LEVEL = 0.10
 #: never those of ``benchmarks/generalisation.py``): the best worst-case F1
 #: of CycleULM-Loc against Baseline 2 among floors of 0.03-0.07, the mean
 #: breaking ties.
-MBDT_BACKGROUND_FLOOR = 0.06
+MBDT_BACKGROUND_FLOOR = 0.04
 
 #: The most MB-DT's input scale is ever raised above the percentile
 #: convention.  A background darker than ``FLOOR / MAX_RAISE`` is not a dim

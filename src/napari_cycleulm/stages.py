@@ -212,8 +212,9 @@ DENOISERS: dict[str, Denoiser] = {
     "mbdt": Denoiser(
         "mbdt", _mbdt, "MB-DT: CEUS frames to MB-only frames (3 frames in, 1 out), gated by CEUS evidence",
         mb_only=True, context_frames=1, network="mbdt",
-        normalisation="MB-DT's input convention: the run's intensity scale, lowered until the "
-                      "median background is at most intensity.MBDT_BACKGROUND_LEVEL",
+        normalisation="MB-DT's input convention: the run's intensity scale, moved so that the "
+                      "median background lies between intensity.MBDT_BACKGROUND_FLOOR and "
+                      "intensity.MBDT_BACKGROUND_LEVEL (raised at most MBDT_MAX_RAISE times)",
         input_scale=mbdt_input_scale,
     ),
 }

@@ -228,7 +228,7 @@ def test_run_folder_maps_record_their_pixel_size_and_unit(tmp_path):
 
 
 def test_cycleulm_pipelines_hand_mbdt_a_background_no_brighter_than_it_was_trained_on(true_psf, nets):
-    from napari_cycleulm.intensity import MBDT_BACKGROUND_LEVEL, intensity_scale
+    from napari_cycleulm.intensity import MBDT_BACKGROUND_FLOOR, MBDT_BACKGROUND_LEVEL, intensity_scale
 
     rng = np.random.default_rng(3)
     noisy = rng.rayleigh(1.0, (12, 40, 48)).astype(np.float32)  # a bright noise floor, no bubbles
@@ -236,9 +236,16 @@ def test_cycleulm_pipelines_hand_mbdt_a_background_no_brighter_than_it_was_train
     loc = run_pipeline(noisy, "cycleulm-loc", true_psf, clutter_filter="none", device="cpu", **_models(nets))
     assert base.params["intensity_scale"] == pytest.approx(intensity_scale(noisy), rel=1e-6)
     assert np.median(noisy) * loc.params["intensity_scale"] == pytest.approx(MBDT_BACKGROUND_LEVEL, rel=1e-4)
-    # A stack whose background is already dark keeps the percentile convention.
+    # A background in MB-DT's range keeps the percentile convention.
     sparse = np.zeros_like(noisy)
     sparse[:, 18:23, 22:27] = 5.0  # a bubble-sized bright spot: 1.3 % of the pixels
-    sparse += 0.01 * noisy
+    sparse += 0.4 * noisy  # median ~0.47 against a 99.9th percentile of ~5.5: 0.08 after scaling
     res = run_pipeline(sparse, "cycleulm-loc", true_psf, clutter_filter="none", device="cpu", **_models(nets))
+    assert MBDT_BACKGROUND_FLOOR < np.median(sparse) * intensity_scale(sparse) < MBDT_BACKGROUND_LEVEL
     assert res.params["intensity_scale"] == pytest.approx(intensity_scale(sparse), rel=1e-6)
+    # A darker one (a rare bright bubble sets the percentile) is raised to the floor.
+    dim = sparse.copy()
+    dim[:, 1:3, 1:3] = 15.0  # 0.2 % of the pixels, 3x brighter: the percentile rises, the median stays
+    res = run_pipeline(dim, "cycleulm-loc", true_psf, clutter_filter="none", device="cpu", **_models(nets))
+    assert np.median(dim) * intensity_scale(dim) < MBDT_BACKGROUND_FLOOR
+    assert np.median(dim) * res.params["intensity_scale"] == pytest.approx(MBDT_BACKGROUND_FLOOR, rel=1e-4)

@@ -64,12 +64,25 @@ def test_given_neighbours_replace_the_replicated_edges(frames):
     np.testing.assert_allclose(out, _expected(frames, 1.0)[3:6], rtol=1e-5)
 
 
-def test_default_scale_maps_the_999th_percentile_to_one_on_a_dark_background(frames):
-    dark = frames ** 8  # median ~0.004 of the brightest values: a dark background
+def test_default_scale_maps_the_999th_percentile_to_one_on_a_clipped_background(frames):
+    dark = np.where(frames > 1.2, frames, 0.0) ** 4  # median 0: a clutter filter that clips the background
     out = translate(dark, LinearMix(0, 1, 0))
     np.testing.assert_allclose(out, dark / np.percentile(dark, 99.9), rtol=1e-5)
     # So the output does not depend on the input's units.
     np.testing.assert_allclose(translate(dark * 37.0, LinearMix(0, 1, 0)), out, rtol=1e-5)
+
+
+def test_default_scale_raises_a_dark_background_to_the_floor_at_most_max_raise_times(frames):
+    from napari_cycleulm.intensity import (MBDT_BACKGROUND_FLOOR, MBDT_MAX_RAISE, intensity_scale,
+                                           mbdt_input_scale)
+
+    dim = frames ** 5  # median ~0.03 of the 99.9th percentile: darker than the floor
+    assert 0 < np.median(dim) * intensity_scale(dim) < MBDT_BACKGROUND_FLOOR
+    out = translate(dim, LinearMix(0, 1, 0))
+    assert np.median(out) == pytest.approx(MBDT_BACKGROUND_FLOOR, rel=1e-4)
+    np.testing.assert_allclose(translate(dim * 37.0, LinearMix(0, 1, 0)), out, rtol=1e-5)
+    empty = frames ** 12  # median ~1e-6: almost empty, raised by MBDT_MAX_RAISE only
+    assert mbdt_input_scale(empty) == pytest.approx(MBDT_MAX_RAISE * intensity_scale(empty), rel=1e-6)
 
 
 def test_default_scale_darkens_a_bright_background_to_the_trained_level(frames):

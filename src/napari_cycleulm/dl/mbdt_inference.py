@@ -9,9 +9,10 @@ exactly the frames of one :func:`translate` call on the whole stack.
 
 Intensity convention: the CEUS input is multiplied by ``scale``
 (:func:`~napari_cycleulm.intensity.mbdt_input_scale`: the 99.9th percentile of
-the data to 1, lowered until the median background is at most
-:data:`~napari_cycleulm.intensity.MBDT_BACKGROUND_LEVEL`, what the network was
-trained on); the MB-only output lives in ``[0, ~1]``.
+the data to 1, then moved so that the median background lies between
+:data:`~napari_cycleulm.intensity.MBDT_BACKGROUND_FLOOR` and
+:data:`~napari_cycleulm.intensity.MBDT_BACKGROUND_LEVEL`, the backgrounds the
+network was trained on); the MB-only output lives in ``[0, ~1]``.
 """
 
 from __future__ import annotations

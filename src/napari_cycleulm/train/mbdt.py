@@ -14,8 +14,9 @@ Normalisation
 -------------
 CEUS input to MB-DT is multiplied by one scale for the whole stack,
 :func:`~napari_cycleulm.intensity.mbdt_input_scale` (its 99.9th percentile to 1,
-lowered until its median is at most ``MBDT_BACKGROUND_LEVEL``; the CycleULM
-pipelines use the same rule); the scale and the convention are stored in
+lowered until its median is at most ``MBDT_BACKGROUND_LEVEL``, raised at most
+``MBDT_MAX_RAISE`` times until it is at least ``MBDT_BACKGROUND_FLOOR``; the
+CycleULM pipelines use the same rule); the scale and the convention are stored in
 ``checkpoint.extra["normalisation"]``.
 """
 
@@ -32,7 +33,7 @@ from torch import nn
 
 from ..dl import losses as L
 from ..arrays import as_frames, robust_sigma
-from ..intensity import MBDT_BACKGROUND_LEVEL, mbdt_input_scale
+from ..intensity import MBDT_BACKGROUND_FLOOR, MBDT_BACKGROUND_LEVEL, MBDT_MAX_RAISE, mbdt_input_scale
 from ..device import resolve_device
 from ..errors import CycleULMError
 from ..progress import Progress, drive
@@ -542,9 +543,12 @@ def iter_train_mbdt(
             "method": "mbdt_input_scale",
             "percentile": NORMALISATION_PERCENTILE,
             "background_level": MBDT_BACKGROUND_LEVEL,
+            "background_floor": MBDT_BACKGROUND_FLOOR,
+            "max_raise": MBDT_MAX_RAISE,
             "scale": [float(s.scale) for s in sources],
             "rule": "CEUS frames are multiplied by one scale per stack so that the stack's "
-                    "99.9th percentile is 1, lowered until its median is at most background_level",
+                    "99.9th percentile is 1, lowered until its median is at most background_level, "
+                    "or raised (at most max_raise times) until it is at least background_floor",
         },
         "psfs": [s.psf.to_dict() | {"kernel": None, "mbonly_kernel": None, "measured": None}
                  for s in sources] if len(sources) > 1 else None,
