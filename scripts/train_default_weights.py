@@ -179,7 +179,7 @@ def train_generalist(kind, steps, out_dir, seed, quick, device, init=None, lr=No
 
 
 def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None, count_factor=None, init=None,
-                       domain_b_count="measured", lambda_persistence=None):
+                       domain_b_count="measured"):
     n_frames, size = (40, (96, 96)) if quick else (200, (128, 160))
     settings = MBDT_SETTINGS[:2] if quick else MBDT_SETTINGS
     stacks, psfs, rois, data, counts = [], [], [], [], []
@@ -221,7 +221,6 @@ def train_default_mbdt(steps, out_dir, seed, quick, device, model_config=None, c
                      model_config=model_config,
                      **({} if count_factor is None else {"domain_b_count_factor": count_factor}),
                      domain_b_counts=counts,
-                     **({} if lambda_persistence is None else {"lambda_persistence": lambda_persistence}),
                      checkpoint_every=500, preview_every=None, device=device,
                      progress=lambda ev: _log(ev, "mbdt"))
     seconds = time.perf_counter() - t0
@@ -284,8 +283,6 @@ def main(argv=None) -> int:
     ap.add_argument("--init", default=None,
                     help="start from 'default' (the shipped weights) or a checkpoint (default: scratch)")
     ap.add_argument("--lr", type=float, default=None, help="learning rate of MBL-Net / MBT-Net (default: the trainer's)")
-    ap.add_argument("--lambda-persistence", type=float, default=None,
-                    help="MB-DT: weight of the persistence penalty (default: the trainer's)")
     ap.add_argument("--ship", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
                     help="only copy these trained checkpoints into --out without optimiser state")
     args = ap.parse_args(argv)
@@ -321,8 +318,7 @@ def main(argv=None) -> int:
         if kind == "mbdt":
             report["networks"][kind] = train_default_mbdt(steps, args.out, args.seed, args.quick,
                                                           args.device, args.mbdt_config, args.count_factor,
-                                                          args.init, args.domain_b_count,
-                                                          args.lambda_persistence)
+                                                          args.init, args.domain_b_count)
         else:
             report["networks"][kind] = train_generalist(kind, steps, args.out, args.seed,
                                                         args.quick, args.device, args.init, args.lr)

@@ -39,15 +39,6 @@ LAMBDA_CYCLE = 10.0
 #: identity loss relative to its adversarial loss.
 LAMBDA_SIMILARITY = 1.0
 
-#: Weight of MB-DT's persistence penalty (:func:`persistence_loss`): 0 leaves
-#: the paper's objective unchanged.  See docs/science.md.
-LAMBDA_PERSISTENCE = 0.0
-
-#: Frames between the two translated frames of the persistence penalty
-#: (drawn uniformly): longer than a bubble's passage through a pixel at flow
-#: speeds (a PSF width at >= 0.1 px/frame), shorter than slowly evolving clutter.
-PERSISTENCE_LAG_FRAMES = (20, 60)
-
 
 def _check_same_shape(a: torch.Tensor, b: torch.Tensor, na: str, nb: str) -> None:
     if a.shape != b.shape:
@@ -250,40 +241,6 @@ def cyclegan_generator_objective(
         + lambda_similarity * terms["similarity"]
     )
     return terms
-
-
-def persistence_loss(fake_b: torch.Tensor, fake_b_later: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
-    """How much two MB-only outputs of the same place, frames apart, overlap.
-
-    Bubbles flow: the MB-only frames of one patch a few tens of frames apart
-    hold different bubbles at different places, whereas structures MB-DT
-    draws out of slowly evolving clutter stay put.  The penalty is the mean
-    over the batch of the cosine similarity of the two outputs (each
-    flattened), ``sum(a b) / (sqrt(sum(a^2) sum(b^2)) + eps)``: 0 when they
-    do not overlap, 1 when they are identical, whatever their brightness.
-
-    Parameters
-    ----------
-    fake_b, fake_b_later : (N, 1, H, W) tensors
-        ``G_AB`` of the same patches at frames ``t`` and ``t + lag``.
-    eps : float
-        Keeps empty outputs (sums of squares of order 1 for one bubble) from
-        dividing by zero.
-
-    Returns
-    -------
-    torch.Tensor
-        Scalar in ``[0, 1]`` for non-negative outputs.
-    """
-    if fake_b.shape != fake_b_later.shape:
-        raise CycleULMError(
-            f"persistence_loss needs two outputs of one shape, got {tuple(fake_b.shape)} and "
-            f"{tuple(fake_b_later.shape)}."
-        )
-    a = fake_b.clamp(min=0).flatten(1)
-    b = fake_b_later.clamp(min=0).flatten(1)
-    cos = (a * b).sum(1) / ((a.pow(2).sum(1) * b.pow(2).sum(1)).sqrt() + eps)
-    return cos.mean()
 
 
 def cyclegan_discriminator_objective(

@@ -107,31 +107,14 @@ class _CeusSource:
         )
 
     def sample(self, rng: np.random.Generator, n: int) -> np.ndarray:
-        """``n`` random 3-frame patches ``(n, 3, p, p)``, scaled, with random flips."""
-        t_all = self.frames.shape[0]
+        t_all, p = self.frames.shape[0], self.p
         ts = rng.integers(1, t_all - 1, size=n)  # centre frames with both neighbours
         cs = self.corners[rng.integers(len(self.corners), size=n)]
-        return self._patches(ts, cs, rng.random((n, 4)) < 0.5)
-
-    def max_lag(self) -> int:
-        """The longest lag between two centre frames that both have neighbours."""
-        return self.frames.shape[0] - 3
-
-    def sample_pair(self, rng: np.random.Generator, n: int, lag_range: tuple[int, int]):
-        """Two batches of the same places and flips, ``lag`` frames apart (``lag`` uniform in ``lag_range``)."""
-        lag = int(rng.integers(lag_range[0], lag_range[1] + 1))
-        lag = min(lag, self.max_lag())
-        ts = rng.integers(1, self.frames.shape[0] - 1 - lag, size=n)
-        cs = self.corners[rng.integers(len(self.corners), size=n)]
-        flips = rng.random((n, 4)) < 0.5
-        return self._patches(ts, cs, flips), self._patches(ts + lag, cs, flips)
-
-    def _patches(self, ts, cs, flips) -> np.ndarray:
-        p, n = self.p, len(ts)
         out = np.empty((n, 3, p, p), np.float32)
         for i, (t, (y0, x0)) in enumerate(zip(ts, cs)):
             out[i] = self.frames[t - 1 : t + 2, y0 : y0 + p, x0 : x0 + p]
         out *= self.scale
+        flips = rng.random((n, 4)) < 0.5
         for i in range(n):
             a = out[i]
             if flips[i, 0]:  # reversed time: the same flow backwards
@@ -287,8 +270,6 @@ def iter_train_mbdt(
     lr: float = 2e-4,
     lambda_cycle: float = L.LAMBDA_CYCLE,
     lambda_similarity: float = L.LAMBDA_SIMILARITY,
-    lambda_persistence: float = L.LAMBDA_PERSISTENCE,
-    persistence_lag_frames: tuple[int, int] = L.PERSISTENCE_LAG_FRAMES,
     patch_size: int = 40,
     out: str | os.PathLike | None = None,
     resume=None,
@@ -346,14 +327,6 @@ def iter_train_mbdt(
         Adam learning rate (2e-4, CycleGAN).
     lambda_cycle, lambda_similarity : float
         Loss weights (10 and 1, see :mod:`napari_cycleulm.dl.losses`).
-    lambda_persistence : float
-        Weight of the persistence penalty (:func:`~napari_cycleulm.dl.losses.persistence_loss`):
-        the batch is also translated ``lag`` frames later at the same places,
-        and the overlap of the two outputs is penalised, so that structures
-        that stay put (slowly evolving clutter) are not drawn as bubbles.
-        Default :data:`~napari_cycleulm.dl.losses.LAMBDA_PERSISTENCE`.
-    persistence_lag_frames : (int, int)
-        Range of that lag in frames (shortened for short stacks).
     patch_size : int
         Patch side (paper: 40).
     out : path, optional
@@ -429,13 +402,8 @@ def iter_train_mbdt(
         raise CycleULMError(f"got {len(stacks)} stacks but {len(rois)} ROIs.")
     p = _check_int("patch_size", patch_size, 8)
     _check_loop_args(steps, log_every, checkpoint_every, preview_every, batch_size, lr)
-    if lambda_cycle < 0 or lambda_similarity < 0 or lambda_persistence < 0:
-        raise CycleULMError("lambda_cycle, lambda_similarity and lambda_persistence must be >= 0.")
-    lags = tuple(int(v) for v in persistence_lag_frames)
-    if len(lags) != 2 or not 1 <= lags[0] <= lags[1]:
-        raise CycleULMError(
-            f"persistence_lag_frames must be two whole numbers 1 <= low <= high, got {persistence_lag_frames!r}."
-        )
+    if lambda_cycle < 0 or lambda_similarity < 0:
+        raise CycleULMError("lambda_cycle and lambda_similarity must be >= 0.")
     if synthetic_config is not None and not isinstance(synthetic_config, SyntheticConfig):
         raise CycleULMError("synthetic_config must be a synthetic.SyntheticConfig.")
     syn = synthetic_config or SyntheticConfig()
@@ -516,12 +484,6 @@ def iter_train_mbdt(
             d_b_fake=d_b_fake.float(), lambda_cycle=lambda_cycle,
             lambda_similarity=lambda_similarity, similarity_kernel=kernels[k],
         )
-        if lambda_persistence > 0 and src.max_lag() >= lags[0]:
-            now, later = src.sample_pair(rng, bs, lags)
-            with amp.autocast():
-                pair = model.g_ab(torch.from_numpy(np.concatenate([now, later])).to(dev)).float()
-            g["persistence"] = L.persistence_loss(pair[:bs], pair[bs:])
-            g["total"] = g["total"] + lambda_persistence * g["persistence"]
         amp.step(g["total"], opt_g, "g")
         _set_requires_grad([model.d_a, model.d_b], True)
         with amp.autocast():
@@ -559,7 +521,6 @@ def iter_train_mbdt(
     config = {
         "steps": int(steps), "batch_size": bs, "lr": float(lr), "betas": [0.5, 0.999],
         "lambda_cycle": float(lambda_cycle), "lambda_similarity": float(lambda_similarity),
-        "lambda_persistence": float(lambda_persistence), "persistence_lag_frames": list(lags),
         "patch_size": p, "seed": int(seed), "init": origin, "device": str(dev),
         "mixed_precision": amp.enabled, "schedule": "constant, then linear decay over the second half",
         "n_stacks": len(sources), "n_patch_positions": [int(len(s.corners)) for s in sources],
