@@ -48,6 +48,7 @@ from napari_cycleulm.intensity import (  # noqa: E402
     MBDT_BACKGROUND_LEVEL,
     MBDT_MAX_RAISE,
     intensity_scale,
+    mbdt_background_factor,
     mbdt_input_scale,
 )
 from napari_cycleulm.evaluate.metrics import match_localisations  # noqa: E402
@@ -71,16 +72,6 @@ MORE_SELECTION = {
 FLOORS = (0.03, 0.04, 0.05, 0.06, 0.07)
 
 
-def rule_factor(median: float, floor: float, level: float = MBDT_BACKGROUND_LEVEL,
-                max_raise: float = MBDT_MAX_RAISE) -> float:
-    """The factor :func:`mbdt_input_scale` applies to the percentile scale, for a given floor."""
-    if median > level:
-        return level / median
-    if 0 < median < floor:
-        return min(floor / median, max_raise)
-    return 1.0
-
-
 def interpolated_f1(f1_by_factor: dict, factor: float) -> float:
     """F1 at ``factor`` interpolated in log factor between the measured ones (clamped at the ends)."""
     xs = np.log([float(k) for k in f1_by_factor])
@@ -92,7 +83,7 @@ def choose_floor(selection: dict) -> dict:
     """Worst-case and mean F1 ratio to Baseline 2 of each candidate floor (interpolated)."""
     out = {}
     for floor in FLOORS:
-        ratios = {name: interpolated_f1(row["cycleulm-loc"], rule_factor(row["median"], floor))
+        ratios = {name: interpolated_f1(row["cycleulm-loc"], mbdt_background_factor(row["median"], floor=floor))
                   / max(row["baseline2"]["f1"], 1e-9) for name, row in selection.items()}
         out[f"{floor:g}"] = {"min": min(ratios.values()), "mean": float(np.mean(list(ratios.values()))),
                              "ratios": ratios}
@@ -137,7 +128,7 @@ def main(argv=None) -> int:
         row["cycleulm-loc"] = {f"{f:g}": score("cycleulm-loc", s0 * f) for f in FACTORS}
         row["cycleulm-loc_rule"] = score("cycleulm-loc")
         # The rule before the floor (lower only), for comparison.
-        row["previous_rule_factor"] = min(1.0, MBDT_BACKGROUND_LEVEL / row["median"]) if row["median"] > 0 else 1.0
+        row["previous_rule_factor"] = mbdt_background_factor(row["median"], floor=0.0)
         row["cycleulm-loc_previous_rule"] = score("cycleulm-loc", s0 * row["previous_rule_factor"])
         report["selection"][name] = row
         print(name, f"median {row['median']:.3f} rule x{row['rule_factor']:.2f}",

@@ -78,6 +78,37 @@ MBDT_BACKGROUND_FLOOR = 0.04
 MBDT_MAX_RAISE = 3.0
 
 
+def mbdt_background_factor(
+    median: float,
+    *,
+    level: float = MBDT_BACKGROUND_LEVEL,
+    floor: float = MBDT_BACKGROUND_FLOOR,
+    max_raise: float = MBDT_MAX_RAISE,
+) -> float:
+    """The factor :func:`mbdt_input_scale` applies to the percentile scale.
+
+    Parameters
+    ----------
+    median : float
+        Median of the frames after the percentile scale (normalised units).
+    level, floor, max_raise : float
+        The brightest and darkest backgrounds MB-DT is given, and the largest
+        raise (defaults: :data:`MBDT_BACKGROUND_LEVEL`,
+        :data:`MBDT_BACKGROUND_FLOOR`, :data:`MBDT_MAX_RAISE`).
+
+    Returns
+    -------
+    float
+        ``level / median`` above the level, ``min(floor / median, max_raise)``
+        below the floor (a median of 0 excepted), else 1.
+    """
+    if median > level:
+        return level / median
+    if 0 < median < floor:
+        return min(floor / median, max_raise)
+    return 1.0
+
+
 def mbdt_input_scale(frames, percentile: float = 99.9, max_values: float | None = 2e7) -> float:
     """The intensity factor of MB-DT's input: :func:`intensity_scale`, moved to bring the background into MB-DT's range.
 
@@ -110,12 +141,7 @@ def mbdt_input_scale(frames, percentile: float = 99.9, max_values: float | None 
     """
     arr = _every_kth_frame(frames, max_values)
     scale = intensity_scale(arr, percentile)
-    median = float(np.median(arr)) * scale
-    if median > MBDT_BACKGROUND_LEVEL:
-        scale *= MBDT_BACKGROUND_LEVEL / median
-    elif 0 < median < MBDT_BACKGROUND_FLOOR:
-        scale *= min(MBDT_BACKGROUND_FLOOR / median, MBDT_MAX_RAISE)
-    return scale
+    return scale * mbdt_background_factor(float(np.median(arr)) * scale)
 
 
 def intensity_reference(values, percentile: float = 99.9) -> float:
@@ -134,4 +160,4 @@ def intensity_reference(values, percentile: float = 99.9) -> float:
     return ref
 
 
-__all__ = ["MBDT_BACKGROUND_FLOOR", "MBDT_BACKGROUND_LEVEL", "MBDT_MAX_RAISE", "intensity_reference", "intensity_scale", "mbdt_input_scale"]
+__all__ = ["MBDT_BACKGROUND_FLOOR", "MBDT_BACKGROUND_LEVEL", "MBDT_MAX_RAISE", "intensity_reference", "mbdt_background_factor", "intensity_scale", "mbdt_input_scale"]

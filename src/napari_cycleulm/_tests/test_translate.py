@@ -72,6 +72,17 @@ def test_default_scale_maps_the_999th_percentile_to_one_on_a_clipped_background(
     np.testing.assert_allclose(translate(dark * 37.0, LinearMix(0, 1, 0)), out, rtol=1e-5)
 
 
+def test_mbdt_background_factor_brings_the_median_between_floor_and_level():
+    from napari_cycleulm.intensity import mbdt_background_factor
+
+    assert mbdt_background_factor(0.2, level=0.1, floor=0.04, max_raise=3) == pytest.approx(0.5)
+    assert mbdt_background_factor(0.07, level=0.1, floor=0.04, max_raise=3) == 1.0
+    assert mbdt_background_factor(0.02, level=0.1, floor=0.04, max_raise=3) == pytest.approx(2.0)
+    assert mbdt_background_factor(0.001, level=0.1, floor=0.04, max_raise=3) == 3.0
+    assert mbdt_background_factor(0.0, level=0.1, floor=0.04, max_raise=3) == 1.0  # clipped background
+    assert mbdt_background_factor(0.02, level=0.1, floor=0.0) == 1.0  # the rule before the floor
+
+
 def test_default_scale_raises_a_dark_background_to_the_floor_at_most_max_raise_times(frames):
     from napari_cycleulm.intensity import (MBDT_BACKGROUND_FLOOR, MBDT_MAX_RAISE, intensity_scale,
                                            mbdt_input_scale)
