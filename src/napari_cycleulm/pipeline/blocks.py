@@ -47,7 +47,8 @@ class WindowPlan:
     #: Frames between window starts (None: ``window``).
     stride: int | None = None
     pad_last: bool = True
-    #: Windows per network call (None: :func:`~napari_cycleulm.render.e2e.default_batch_size`).
+    #: Windows per network call (None: :func:`~napari_cycleulm.dl.inference.default_batch_size`, at most
+    #: :data:`~napari_cycleulm.render.e2e.MAX_WINDOWS_PER_CALL`).
     batch_size: int | None = None
 
 

@@ -51,7 +51,6 @@ import torch.nn.functional as F
 from ..arrays import as_frames
 from ..device import resolve_device
 from ..errors import CycleULMError
-from ..dl.inference import default_batch_size as inference_batch_size
 from ..dl.inference import infer, resolve_batch_size
 from ..dl.models import resolve_network
 from ..dl.nets.mbtnet import UPSCALE
@@ -73,13 +72,9 @@ _SUMS = ("w", "speed", "axial", "uy", "ux", "vy", "vx")
 PROB_THRESHOLD = 0.4
 
 
-#: Most MBT-Net windows per network call by default (its x4 decoder holds large activations).
+#: Most MBT-Net windows per network call by default (its x4 decoder holds large
+#: activations): the cap of :func:`napari_cycleulm.dl.inference.default_batch_size`.
 MAX_WINDOWS_PER_CALL = 4
-
-
-def default_batch_size(shape: tuple[int, int], device: torch.device | str = "cpu") -> int:
-    """Windows per MBT-Net call for ``(H, W)`` frames: :func:`napari_cycleulm.dl.inference.default_batch_size`, at most :data:`MAX_WINDOWS_PER_CALL`."""
-    return inference_batch_size(shape, device, cap=MAX_WINDOWS_PER_CALL)
 
 
 def window_starts(n_frames: int, window: int, stride: int | None = None, pad_last: bool = True) -> list[int]:
@@ -204,7 +199,9 @@ class E2EAccumulator:
             (:func:`~napari_cycleulm.dl.models.load_model`) and pass the
             checkpoint for every block.
         batch_size : int, optional
-            Windows per network call; default :func:`default_batch_size` (4 on
+            Windows per network call; default
+            :func:`~napari_cycleulm.dl.inference.default_batch_size` capped at
+            :data:`MAX_WINDOWS_PER_CALL` (4 on
             frames up to 128 x 160, 1 from 256 x 320 on; larger batches of big
             frames are slower and MBT-Net's x4 decoder would hold gigabytes of
             activations).
