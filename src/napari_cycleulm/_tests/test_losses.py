@@ -214,11 +214,16 @@ def test_weighted_velocity_mse_equals_hand_computation():
     assert weighted_velocity_mse(pred, true, 10 * w[:, None]).item() == pytest.approx(1.625 / 2)
 
 
-def test_mbtnet_loss_terms_and_weight_source():
-    torch.manual_seed(2)
+def _mbtnet_batch(seed: int, empty_fraction: float):
+    """Random MBT-Net outputs, a random trajectory map and velocities on it: ``(out, traj, vel)``."""
+    torch.manual_seed(seed)
     out = torch.randn(2, 3, 8, 8)
-    traj = (torch.rand(2, 1, 8, 8) > 0.7).float()
-    vel = torch.randn(2, 2, 8, 8) * traj
+    traj = (torch.rand(2, 1, 8, 8) > empty_fraction).float()
+    return out, traj, torch.randn(2, 2, 8, 8) * traj
+
+
+def test_mbtnet_loss_terms_and_weight_source():
+    out, traj, vel = _mbtnet_batch(2, 0.7)
     t = mbtnet_loss(out, traj, vel)
     assert t["trajectory"].item() == pytest.approx(
         F.binary_cross_entropy_with_logits(out[:, :1], traj).item(), rel=1e-6
@@ -254,10 +259,7 @@ def test_soft_dice_known_values_and_it_penalises_wide_predictions():
 
 
 def test_mbtnet_loss_dice_weight_adds_the_dice_term():
-    torch.manual_seed(3)
-    out = torch.randn(2, 3, 8, 8)
-    traj = (torch.rand(2, 1, 8, 8) > 0.8).float()
-    vel = torch.randn(2, 2, 8, 8) * traj
+    out, traj, vel = _mbtnet_batch(3, 0.8)
     plain = mbtnet_loss(out, traj, vel)
     with_dice = mbtnet_loss(out, traj, vel, dice_weight=0.5)
     assert with_dice["trajectory"].item() == pytest.approx(
