@@ -13,6 +13,18 @@ the data to 1, then moved so that the median background lies between
 :data:`~napari_cycleulm.intensity.MBDT_BACKGROUND_FLOOR` and
 :data:`~napari_cycleulm.intensity.MBDT_BACKGROUND_LEVEL`, the backgrounds the
 network was trained on); the MB-only output lives in ``[0, ~1]``.
+
+Mirror averaging (test-time augmentation): by default (``tta="lateral"``)
+each batch is translated twice, as it is and mirrored left-right, and the
+two outputs (the second mirrored back) are averaged.  A CycleGAN redraws
+speckle of clutter and noise as bubbles in ways that are not mirror
+symmetric, while a true bubble is drawn in both passes, so averaging halves
+the weight of many false bubbles at the cost of a second pass.  The lateral
+mirror of an ultrasound frame is a plausible frame (the PSF is laterally
+symmetric; the depth axis is not: attenuation, depth-dependent PSF), hence
+the default; ``"lateral+axial"`` adds the up-down and the double mirror (4
+passes), ``"none"`` is the paper's single pass.  How the default was chosen
+is in ``docs/science.md``.
 """
 
 from __future__ import annotations
@@ -31,7 +43,24 @@ from .models import resolve_network
 from ..stages import run_scale
 from ..preprocess.evidence_gate import block_gate
 
-__all__ = ["translate", "iter_translate", "intensity_scale"]
+__all__ = ["translate", "iter_translate", "intensity_scale", "TTA_MODES", "DEFAULT_TTA"]
+
+#: Mirror averaging of MB-DT's output: the flipped axes of each extra pass
+#: (axis -1: lateral, -2: axial), per mode.
+TTA_MODES: dict[str, tuple[tuple[int, ...], ...]] = {
+    "none": (),
+    "lateral": ((-1,),),
+    "lateral+axial": ((-1,), (-2,), (-2, -1)),
+}
+
+#: Default mirror averaging (chosen on the selection settings, docs/science.md).
+DEFAULT_TTA = "lateral"
+
+
+def _check_tta(tta) -> tuple[tuple[int, ...], ...]:
+    if not isinstance(tta, str) or tta not in TTA_MODES:
+        raise CycleULMError(f"tta must be one of {sorted(TTA_MODES)}, got {tta!r}.")
+    return TTA_MODES[tta]
 
 
 def _check_scale(scale) -> float:
@@ -41,8 +70,12 @@ def _check_scale(scale) -> float:
     return float(scale)
 
 
-def _run_translator(net, frames: np.ndarray, before, after, batch_size: int, dev) -> np.ndarray:
-    """Apply the translator to scaled frames with given (already scaled) neighbours."""
+def _run_translator(net, frames: np.ndarray, before, after, batch_size: int, dev, tta: str = DEFAULT_TTA) -> np.ndarray:
+    """Apply the translator to scaled frames with given (already scaled) neighbours.
+
+    ``tta`` adds the mirrored passes of :data:`TTA_MODES` and averages them.
+    """
+    flips = _check_tta(tta)
     t, h, w = frames.shape
     padded = np.concatenate([before[None], frames, after[None]], axis=0)
     src = torch.from_numpy(np.ascontiguousarray(padded))
@@ -52,6 +85,10 @@ def _run_translator(net, frames: np.ndarray, before, after, batch_size: int, dev
         e = min(t, s + batch_size)
         x = torch.stack([src[s:e], src[s + 1 : e + 1], src[s + 2 : e + 2]], dim=1).to(dev)
         y = infer(fwd, x)
+        for axes in flips:
+            y = y + infer(fwd, x.flip(axes)).flip(axes)
+        if flips:
+            y = y / (len(flips) + 1)
         if y.ndim != 4 or y.shape[0] != e - s or y.shape[-2:] != (h, w):
             raise CycleULMError(
                 f"the MB-DT model returned shape {tuple(y.shape)} for input "
@@ -70,6 +107,7 @@ def translate(
     device: str | torch.device | None = None,
     before=None,
     after=None,
+    tta: str = DEFAULT_TTA,
 ) -> np.ndarray:
     """Translate CEUS frames to MB-only frames with MB-DT.
 
@@ -106,6 +144,7 @@ def translate(
         On bad frames, bad neighbours, a bad scale or a missing / wrong model.
     """
     arr = as_frames(frames, name="frames")
+    _check_tta(tta)
     scale = mbdt_input_scale(arr) if scale is None else _check_scale(scale)
     nb = []
     for name, img, edge in (("before", before, arr[0]), ("after", after, arr[-1])):
@@ -120,7 +159,7 @@ def translate(
         nb.append(img * scale)
     net, dev, _ = resolve_network("mbdt", model, device)
     batch_size = resolve_batch_size(batch_size, arr.shape[1:], dev)
-    return _run_translator(net, arr * np.float32(scale), nb[0], nb[1], batch_size, dev)
+    return _run_translator(net, arr * np.float32(scale), nb[0], nb[1], batch_size, dev, tta)
 
 
 def iter_translate(
@@ -134,6 +173,7 @@ def iter_translate(
     gate: str = "none",
     psf=None,
     gate_params: dict | None = None,
+    tta: str = DEFAULT_TTA,
 ) -> Iterator[tuple[int, int, np.ndarray]]:
     """Translate a stack block by block, with each block's neighbours taken from the next/previous block.
 
@@ -160,6 +200,8 @@ def iter_translate(
         The CEUS PSF, for the gate.
     gate_params : dict, optional
         Further gate parameters.
+    tta : str
+        Mirror averaging, as in :func:`translate`.
 
     Yields
     ------
@@ -177,6 +219,7 @@ def iter_translate(
             f"the input must be a (frames, height, width) stack with at least one frame, got shape {shape}."
         )
     n = shape[0]
+    _check_tta(tta)
     if scale is None:
         scale = run_scale(stack, mbdt=True)
     scale = np.float32(_check_scale(scale))
@@ -187,7 +230,7 @@ def iter_translate(
         block = block * scale
         before = block[0] if prev is None else prev
         after = ulm_io.read_block(stack, stop, stop + 1)[0] * scale if stop < n else block[-1]
-        mb = _run_translator(net, block, before, after, batch_size, dev)
+        mb = _run_translator(net, block, before, after, batch_size, dev, tta)
         mask = block_gate(stack, block, start, stop, scale=scale, psf=psf, mode=gate, **(gate_params or {}))
         yield start, stop, mb if mask is None else mb * mask
         prev = block[-1]
