@@ -341,7 +341,7 @@ def _parse_frames(text: str, n_frames: int) -> tuple[int, int]:
 
 
 def _run_and_report(args, stack, psf, track_params, px, fr, client) -> int:
-    from .pipeline import iter_pipeline
+    from .pipeline import PIPELINES, iter_pipeline
     from .preprocess import parse_clutter_filter
     from .progress import drive_with_bar
 
@@ -356,6 +356,7 @@ def _run_and_report(args, stack, psf, track_params, px, fr, client) -> int:
             target_count=args.target_count,
             track_params=track_params,
             gate=args.gate,
+            denoise_params={"tta": args.mbdt_tta} if PIPELINES[args.pipeline].denoise == "mbdt" else None,
             clutter_filter=parse_clutter_filter(args.clutter_filter, args.svd_block),
             upsampling=args.upsampling,
             pixel_size_um=px,
@@ -380,7 +381,7 @@ def _run_and_report(args, stack, psf, track_params, px, fr, client) -> int:
     return 0
 
 
-def _iter_translate_to_tiff(stack, model, out: Path, block_size: int, device):
+def _iter_translate_to_tiff(stack, model, out: Path, block_size: int, device, tta: str):
     """Progress generator: translate ``stack`` block by block into a TIFF written page by page."""
     import tifffile
 
@@ -394,7 +395,7 @@ def _iter_translate_to_tiff(stack, model, out: Path, block_size: int, device):
     n = len(stack)
     yield Progress(0, n, "MB-DT")
     with atomic_path(out) as tmp, tifffile.TiffWriter(tmp, bigtiff=stack.nbytes > 2**31) as tif:
-        for start, stop, mb in iter_translate(stack, ckpt, block_size=block_size, device=device):
+        for start, stop, mb in iter_translate(stack, ckpt, block_size=block_size, device=device, tta=tta):
             for frame in mb:
                 tif.write(frame, contiguous=True, photometric="minisblack")
             yield Progress(stop, n, "MB-DT")
@@ -415,7 +416,7 @@ def cmd_translate(args) -> int:
     t0 = time.perf_counter()
     ckpt = load_model("mbdt", args.mbdt, args.device)  # errors before the progress bar
     ckpt = drive_with_bar(
-        _iter_translate_to_tiff(stack, ckpt, out, args.block_size, args.device),
+        _iter_translate_to_tiff(stack, ckpt, out, args.block_size, args.device, args.mbdt_tta),
         desc="translate", disable=args.quiet,
     )
     elapsed = time.perf_counter() - t0
@@ -616,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .pipeline import PIPELINES
     from .preprocess.clutter_filter import DEFAULT_CLUTTER_FILTER, SVD_BLOCK_FRAMES
     from .preprocess.evidence_gate import DEFAULT_GATE, GATE_MODES
+    from .dl.mbdt_inference import DEFAULT_TTA, TTA_MODES
 
     p = _Parser(
         prog="cycleulm",
@@ -724,6 +726,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--gate", default=None, choices=GATE_MODES,
                     help="CycleULM pipelines: evidence MB-DT's bubbles must have in the CEUS frames "
                          f"(default {DEFAULT_GATE!r}; see docs/science.md)")
+    sp.add_argument("--mbdt-tta", default=DEFAULT_TTA, choices=sorted(TTA_MODES),
+                    help="CycleULM pipelines: mirror averaging of MB-DT's output (default "
+                         f"{DEFAULT_TTA!r}: the mean of the frames' and their left-right mirror's "
+                         "translations; 'none': one pass, twice as fast; see docs/science.md)")
     sp.add_argument("--clutter-filter", default=DEFAULT_CLUTTER_FILTER, metavar="none|svd[:auto|:N]",
                     help="first stage of every pipeline: SVD clutter filter in blocks, with an automatic "
                          f"(per block) or a fixed number N of removed components (default {DEFAULT_CLUTTER_FILTER}; "
@@ -756,6 +762,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="MB-DT checkpoint, or 'default' (shipped weights)")
     sp.add_argument("--out", required=True, help="MB-only stack to write (.tif)")
     sp.add_argument("--block-size", type=int, default=64, help="frames per block (memory scales with it)")
+    sp.add_argument("--mbdt-tta", default=DEFAULT_TTA, choices=sorted(TTA_MODES),
+                    help=f"mirror averaging of MB-DT's output (default {DEFAULT_TTA!r}; 'none': one pass)")
     sp.add_argument("--device", default=None, help="torch device (default: cuda if available)")
     sp.add_argument("--quiet", action="store_true")
     _variable(sp)

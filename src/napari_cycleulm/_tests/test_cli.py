@@ -127,6 +127,31 @@ def test_run_cycleulm_pipeline_with_checkpoints(small, nets, tmp_path, capsys):
     text = capsys.readouterr().out
     assert "cycleulm-e2e: 12 frames" in text and "not produced" in text
     assert (out / "sr_density.tif").is_file() and (out / "run.json").is_file()
+    assert json.loads((out / "run.json").read_text())["params"]["denoise_params"]["tta"] == "lateral"
+
+
+def test_mirror_averaging_option_reaches_mbdt(small, nets, tmp_path, capsys):
+    """``--mbdt-tta none`` runs MB-DT once: the translate command and the pipeline record and use it."""
+    import tifffile
+
+    from napari_cycleulm.io import read_stack
+    from napari_cycleulm.dl.mbdt_inference import translate
+
+    out = tmp_path / "mb.tif"
+    assert main(["translate", str(small), "--mbdt", str(nets["mbdt"]), "--out", str(out),
+                 "--mbdt-tta", "none", "--device", "cpu", "--quiet"]) == 0
+    frames = read_stack(small)
+    single = translate(frames, nets["mbdt"], device="cpu", tta="none")
+    np.testing.assert_allclose(tifffile.imread(out), single, rtol=1e-5, atol=1e-6)
+    assert np.abs(single - translate(frames, nets["mbdt"], device="cpu")).max() > 1e-4  # the option matters
+    run = tmp_path / "run"
+    assert main(["run", str(small), "--pipeline", "cycleulm-loc", "--out", str(run), "--mbdt-tta", "none",
+                 "--mbdt", str(nets["mbdt"]), "--mblnet", str(nets["mblnet"]), "--device", "cpu", "--quiet"]) == 0
+    assert json.loads((run / "run.json").read_text())["params"]["denoise_params"]["tta"] == "none"
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["run", str(small), "--pipeline", "cycleulm-loc", "--out", str(run), "--mbdt-tta", "both"])
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_model_errors_are_one_line(small, nets, tmp_path, capsys, monkeypatch):

@@ -179,6 +179,17 @@ def test_missing_default_weights_are_explained(short, true_psf, nets, monkeypatc
         run_pipeline(short, "cycleulm-e2e", true_psf, target_count=10, **_models(nets))
 
 
+def test_mirror_averaging_is_checked_before_work_and_recorded(short, true_psf, nets, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CycleULMError, match="tta .*must be one of"):
+        run_pipeline(short, "cycleulm-loc", true_psf, denoise_params={"tta": "both"}, out_dir=out,
+                     device="cpu", **_models(nets))
+    assert not out.exists()  # nothing was written
+    res = run_pipeline(short, "cycleulm-ncc", true_psf, device="cpu", **_models(nets))
+    assert res.params["denoise_params"]["tta"] == "lateral"
+    assert "tta" not in run_pipeline(short, "baseline2", true_psf).params["denoise_params"]
+
+
 def test_psf_outside_the_trained_range_warns(short, nets, tmp_path):
     from ._tiny_nets import tiny_checkpoints
 

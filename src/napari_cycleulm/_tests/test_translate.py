@@ -145,3 +145,42 @@ def test_bad_inputs_are_explained(ckpts, frames, tmp_path):
         next(iter_translate(frames, LinearMix(), block_size=0))
     with pytest.raises(CycleULMError, match="unknown network kind"):
         models.load_model("nope")
+
+
+class ShiftRight(nn.Module):
+    """Fake translator that is not mirror symmetric: the centre frame moved one pixel right (zero fill)."""
+
+    def forward(self, x):
+        c = x[:, 1:2]
+        return torch.cat([torch.zeros_like(c[..., :1]), c[..., :-1]], dim=-1)
+
+
+def _shift(f, dy=0, dx=0):
+    out = np.zeros_like(f)
+    h, w = f.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        f[..., max(-dy, 0):h - max(dy, 0), max(-dx, 0):w - max(dx, 0)]
+    return out
+
+
+def test_mirror_averaging_is_the_mean_of_the_mirrored_passes(frames):
+    """Default: the mean of the frames' translation and of their left-right mirror's, mirrored back."""
+    one = translate(frames, ShiftRight(), scale=1.0, tta="none")
+    np.testing.assert_allclose(one, _shift(frames, dx=1), rtol=1e-6)
+    # Mirrored, translated and mirrored back, the shift goes left: the mean of the two.
+    lateral = 0.5 * (_shift(frames, dx=1) + _shift(frames, dx=-1))
+    np.testing.assert_allclose(translate(frames, ShiftRight(), scale=1.0), lateral, rtol=1e-6)
+    np.testing.assert_allclose(translate(frames, ShiftRight(), scale=1.0, tta="lateral"), lateral, rtol=1e-6)
+    # Four passes: the up-down mirror does not change a horizontal shift.
+    np.testing.assert_allclose(translate(frames, ShiftRight(), scale=1.0, tta="lateral+axial"), lateral,
+                               rtol=1e-6)
+    streamed = np.concatenate([mb for _, _, mb in iter_translate(frames, ShiftRight(), block_size=4, scale=1.0)])
+    np.testing.assert_allclose(streamed, lateral, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tta", ["both", None, 2])
+def test_bad_mirror_averaging_is_one_clear_error(frames, tta):
+    with pytest.raises(CycleULMError, match="tta must be one of"):
+        translate(frames, ShiftRight(), scale=1.0, tta=tta)
+    with pytest.raises(CycleULMError, match="tta must be one of"):
+        next(iter_translate(frames, ShiftRight(), scale=1.0, tta=tta))

@@ -75,6 +75,8 @@ def test_translate_widget_makes_mb_only_layer_with_the_input_geometry(make_napar
     # test_widget_pipeline_parity.py); here MB-DT's own output, block by block.
     assert w.gate.value == DEFAULT_GATE
     w.gate.value = "none"
+    assert w.tta.value == "lateral"  # the pipelines' mirror averaging by default; here one pass
+    w.tta.value = "none"
     w.model.use_file(nets["mbdt"])
     assert str(nets["mbdt"]) in w.model.active.value
     run_widget(qtbot, w)
@@ -83,7 +85,8 @@ def test_translate_widget_makes_mb_only_layer_with_the_input_geometry(make_napar
     np.testing.assert_allclose(mb.scale, ceus.scale)
     np.testing.assert_allclose(mb.translate, ceus.translate)
     assert mb.metadata["mb_only"] and mb.metadata["pixel_size_um"] == 50.0
-    np.testing.assert_allclose(mb.data, translate(frames, nets["mbdt"], device="cpu"), atol=1e-5)
+    np.testing.assert_allclose(mb.data, translate(frames, nets["mbdt"], device="cpu", tta="none"), atol=1e-5)
+    assert mb.metadata["cycleulm"]["params"]["tta"] == "none"
     assert w.progress.value == w.progress.max == 10
 
 

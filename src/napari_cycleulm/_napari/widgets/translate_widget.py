@@ -12,7 +12,7 @@ from ...errors import CycleULMError
 from ...progress import Progress
 from ...stages import CALIBRATION_FRAMES, run_scale
 from ...preprocess.evidence_gate import DEFAULT_GATE, GATE_MODES, gate_kwargs
-from ...dl.mbdt_inference import iter_translate
+from ...dl.mbdt_inference import DEFAULT_TTA, TTA_MODES, iter_translate
 from ._base import StageWidget
 from ._layers import (
     add_result, geometry_of, psf_or_auto, psf_params, result_buffer, result_metadata, result_name,
@@ -37,11 +37,15 @@ class TranslateWidget(StageWidget):
         self.gate = ComboBox(label="evidence gate", choices=list(GATE_MODES), value=DEFAULT_GATE,
                              tooltip="keep MB-DT's bubbles only where the CEUS frames show evidence of one, "
                                      "as the CycleULM pipelines do (docs/science.md)")
+        self.tta = ComboBox(label="mirror averaging", choices=list(TTA_MODES), value=DEFAULT_TTA,
+                            tooltip="average the translations of the frames and of their mirror images, "
+                                    "as the CycleULM pipelines do ('none': one pass, twice as fast; "
+                                    "docs/science.md)")
         self.psf_layer = self.layer_combo("PSF", Image, allow_none=True)
         self.psf_layer.tooltip = ("CEUS PSF for the gate: the PSF tool's layer; (none) estimates it from "
                                   f"isolated bubbles of the first {CALIBRATION_FRAMES} frames, as the pipelines do")
         self.block_size = SpinBox(label="block size (frames)", value=64, min=1, max=100000)
-        self.extend([self.image, *self.model.widgets, self.gate, self.psf_layer, self.block_size])
+        self.extend([self.image, *self.model.widgets, self.gate, self.tta, self.psf_layer, self.block_size])
         self.finish_layout()
 
     def work(self):
@@ -51,6 +55,7 @@ class TranslateWidget(StageWidget):
         block = self.block_size.value
         self._source = layer
         gate = self.gate.value
+        tta = self.tta.value
         psf = None
         if gate_kwargs(gate) is not None:
             try:
@@ -58,14 +63,15 @@ class TranslateWidget(StageWidget):
             except CycleULMError as exc:  # as cycleulm-loc does: the gate then works without the PSF
                 show_warning(f"the gate uses no PSF (window from the frame size): {exc}")
         self._params = {"model": str(ck.path) if ck.path else "default", "block_size": block, "gate": gate,
-                        "psf": psf_params(psf)}
+                        "tta": tta, "psf": psf_params(psf)}
         scale = run_scale(frames, mbdt=True)
 
         def run():
             out = result_buffer(tuple(frames.shape), np.float32)
             n = len(frames)
             yield Progress(0, n, "translate")
-            for start, stop, mb in iter_translate(frames, ck, block_size=block, scale=scale, gate=gate, psf=psf):
+            for start, stop, mb in iter_translate(frames, ck, block_size=block, scale=scale, gate=gate, psf=psf,
+                                                   tta=tta):
                 out[start:stop] = mb
                 yield Progress(stop, n, "translate")
             return out
