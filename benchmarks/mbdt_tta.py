@@ -10,12 +10,14 @@ eleven *selection* settings (seeds 31-41: the six of
 ``benchmarks/mbdt_input_scale.py``); none is a setting or seed of
 ``benchmarks/generalisation.py``, where the chosen default is then reported.
 
-Rule: the best worst-case ratio F1(CycleULM-Loc) / F1(Baseline 2) over the
-settings, the mean ratio breaking ties (within 0.005).
+Rule (as ``gate_selection.py``): the best worst-case ratio
+F1(CycleULM-Loc) / F1(Baseline 2) over the settings, the mean ratio breaking
+ties.
 
 Usage::
 
     python benchmarks/mbdt_tta.py --out docs/results/mbdt_tta.json [--settings thr31 ...]
+    python benchmarks/mbdt_tta.py --out docs/results/mbdt_tta.json --merge A.json B.json --settings
 """
 
 from __future__ import annotations
@@ -55,16 +57,16 @@ def summarise(rows: dict) -> dict:
         ratios = [r[mode]["f1"] / max(r["baseline2"]["f1"], 1e-9) for r in rows.values() if mode in r]
         summary[mode] = {"worst_ratio": float(min(ratios)), "mean_ratio": float(np.mean(ratios)),
                          "mean_f1": float(np.mean([r[mode]["f1"] for r in rows.values()]))}
-    best_worst = max(s["worst_ratio"] for s in summary.values())
-    tied = [m for m, s in summary.items() if s["worst_ratio"] >= best_worst - 0.005]
-    return {"modes": summary, "chosen": max(tied, key=lambda m: summary[m]["mean_ratio"])}
+    chosen = max(summary, key=lambda m: (summary[m]["worst_ratio"], summary[m]["mean_ratio"]))
+    return {"modes": summary, "chosen": chosen}
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench_out/mbdt_tta.json"))
     ap.add_argument("--frames", type=int, default=100)
-    ap.add_argument("--settings", nargs="+", default=list(ALL_SETTINGS), choices=list(ALL_SETTINGS))
+    ap.add_argument("--settings", nargs="*", default=None, choices=list(ALL_SETTINGS),
+                    help="settings to run (default: all eleven; none with --merge: only merge)")
     ap.add_argument("--merge", nargs="*", type=Path, default=[],
                     help="JSON reports of other runs (e.g. over other --settings) to merge before choosing")
     ap.add_argument("--threads", type=int, default=1)
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
     rows = {}
     for other in args.merge:
         rows.update(json.loads(other.read_text())["results"])
-    for name in args.settings:
+    for name in list(ALL_SETTINGS) if args.settings is None else args.settings:
         sim = simulate(args.frames, 128, 160, **ALL_SETTINGS[name])
         t0 = time.perf_counter()
         kw = dict(pixel_size_um=50.0, frame_rate_hz=500.0)
