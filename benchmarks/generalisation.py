@@ -320,6 +320,17 @@ def spill_fraction(density: np.ndarray, vessel_mask: np.ndarray, upsampling: int
     return float(np.sum(density[~inside]) / total)
 
 
+def coverage_fraction(density: np.ndarray, gt_map: np.ndarray) -> float | None:
+    """Fraction of the SR pixels crossed by true bubbles (``gt_map > 0``) that the map reaches (``density > 0``).
+
+    The counterpart of :func:`spill_fraction`, as recall is of precision: an
+    almost empty map has no spill and a low coverage.
+    """
+    truth = np.asarray(gt_map) > 0
+    n = int(truth.sum())
+    return float(np.sum((np.asarray(density) > 0) & truth) / n) if n else None
+
+
 def score_pipeline(sim, name: str, psf, gt_map, **kw) -> dict:
     """Run one pipeline at its defaults and score localisations and SR map; failures are recorded."""
     meta = sim.metadata
@@ -354,6 +365,7 @@ def score_pipeline(sim, name: str, psf, gt_map, **kw) -> dict:
         row.update(recall=m.recall, precision=m.precision, f1=m.f1, mean_error_px=m.mean_error_px)
     row["sr_rmse"] = rmse(res.maps.density, gt_map, normalise="max")
     row["spill"] = spill_fraction(res.maps.density, sim.vessel_mask)
+    row["coverage"] = coverage_fraction(res.maps.density, gt_map)
     return row
 
 
@@ -399,6 +411,8 @@ def run_setting(setting: Setting, args) -> dict:
 
     gt_map = ground_truth_map(sim, UPSAMPLING)
     rec["truth"]["gt_map_spill"] = spill_fraction(gt_map, sim.vessel_mask)
+    # What an empty map scores: the floor against which the maps' RMSE reads.
+    rec["truth"]["empty_map_sr_rmse"] = rmse(np.zeros_like(gt_map), gt_map, normalise="max")
     nets = {"mbdt": args.mbdt, "mblnet": args.mblnet, "mbtnet": args.mbtnet}
 
     def run_all(names, mbdt, label):
@@ -654,16 +668,25 @@ def markdown(report: dict) -> str:
                 "pipeline works on.", ""] + _mip_table(recs, "gated")
     if any(r.get("finetune") for r in recs):
         out += ["", "## MB-DT on the MIP, after fine-tuning", ""] + _mip_table(recs, "finetune")
+    empty = [r["truth"].get("empty_map_sr_rmse") for r in recs]
+    empty_note = (f" An empty map scores {_fmt(_mean([e for e in empty if e is not None]), 4)} on average "
+                  "(per setting in the JSON, `truth.empty_map_sr_rmse`): read the RMSE beside spill and coverage."
+                  if any(e is not None for e in empty) else "")
     for metric, title in (("sr_rmse", "SR density map RMSE against the ground-truth map (max-normalised)"),
                           ("spill", f"Spill: fraction of SR map intensity outside the true vessels "
-                                    f"dilated by {SPILL_DILATION_PX} px")):
+                                    f"dilated by {SPILL_DILATION_PX} px"),
+                          ("coverage", "Coverage: fraction of the SR pixels crossed by true bubbles that the "
+                                       "map reaches (density > 0)")):
         for block, label in (("shipped", "shipped weights"), ("finetune", "after fine-tuning MB-DT")):
             if block == "finetune" and not any((r.get("finetune") or {}).get("pipelines") for r in recs):
                 continue
+            if not any(metric in row for r in recs for row in _block(r, block).values()):
+                continue  # a report made before the metric existed
             table = _pipeline_table(recs, block, metric, list(PIPELINES), digits=4 if metric == "sr_rmse" else 3,
                                     ratios=RATIOS["map"])
             if table:
-                out += ["", f"## {title}, {label}", ""] + table
+                note = [empty_note.strip(), ""] if (metric == "sr_rmse" and empty_note) else []
+                out += ["", f"## {title}, {label}", ""] + note + table
     return "\n".join(out) + "\n"
 
 
