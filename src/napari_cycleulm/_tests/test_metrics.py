@@ -14,6 +14,7 @@ from napari_cycleulm.evaluate.metrics import (
     evaluate_to_json,
     fwhm,
     line_profile,
+    map_correlation,
     match_localisations,
     path_profile,
     precision_recall_sweep,
@@ -296,6 +297,23 @@ def test_rmse_known_value_and_normalisation():
     assert rmse(np.ones((3, 3)), 5 * np.ones((3, 3)), normalise="max") == pytest.approx(0.0)
     with pytest.raises(CycleULMError):
         rmse(a, b[:2])
+
+
+def test_map_correlation_is_scale_free_and_does_not_reward_an_empty_map():
+    truth = np.zeros((40, 40))
+    truth[20, 5:35] = 1.0  # a thin vessel
+    assert map_correlation(truth, 3.0 * truth) == pytest.approx(1.0)
+    empty = np.zeros_like(truth)
+    assert map_correlation(empty, truth) == 0.0
+    assert rmse(empty, truth, normalise="max") < rmse(np.roll(truth, 1, axis=0), truth, normalise="max") + 1e-12
+    shifted = np.roll(truth, 1, axis=0)  # one pixel off
+    assert map_correlation(shifted, truth) < 0.05
+    assert map_correlation(shifted, truth, sigma_px=1.0) > 0.5
+    assert map_correlation(-truth, truth) == pytest.approx(-1.0)
+    with pytest.raises(CycleULMError, match="sigma_px"):
+        map_correlation(truth, truth, sigma_px=-1.0)
+    with pytest.raises(CycleULMError, match="same shape"):
+        map_correlation(truth, truth[:5])
 
 
 def test_ssim_identical_and_scaled_maps():
