@@ -43,7 +43,7 @@ from .models import resolve_network
 from ..stages import run_scale
 from ..preprocess.evidence_gate import block_gate
 
-__all__ = ["translate", "iter_translate", "intensity_scale", "TTA_MODES", "DEFAULT_TTA"]
+__all__ = ["translate", "iter_translate", "intensity_scale", "TTA_MODES", "DEFAULT_TTA", "tta_flips"]
 
 #: Mirror averaging of MB-DT's output: the flipped axes of each extra pass
 #: (axis -1: lateral, -2: axial), per mode.
@@ -57,7 +57,8 @@ TTA_MODES: dict[str, tuple[tuple[int, ...], ...]] = {
 DEFAULT_TTA = "lateral"
 
 
-def _check_tta(tta) -> tuple[tuple[int, ...], ...]:
+def tta_flips(tta) -> tuple[tuple[int, ...], ...]:
+    """The flipped axes of the extra passes of mirror averaging ``tta``; a clear error for an unknown mode."""
     if not isinstance(tta, str) or tta not in TTA_MODES:
         raise CycleULMError(f"tta must be one of {sorted(TTA_MODES)}, got {tta!r}.")
     return TTA_MODES[tta]
@@ -70,12 +71,13 @@ def _check_scale(scale) -> float:
     return float(scale)
 
 
-def _run_translator(net, frames: np.ndarray, before, after, batch_size: int, dev, tta: str = DEFAULT_TTA) -> np.ndarray:
+def _run_translator(net, frames: np.ndarray, before, after, batch_size: int, dev,
+                    flips: tuple[tuple[int, ...], ...]) -> np.ndarray:
     """Apply the translator to scaled frames with given (already scaled) neighbours.
 
-    ``tta`` adds the mirrored passes of :data:`TTA_MODES` and averages them.
+    Each entry of ``flips`` (:func:`tta_flips`) adds a pass on the frames
+    flipped along those axes, flipped back; the passes are averaged.
     """
-    flips = _check_tta(tta)
     t, h, w = frames.shape
     padded = np.concatenate([before[None], frames, after[None]], axis=0)
     src = torch.from_numpy(np.ascontiguousarray(padded))
@@ -144,7 +146,7 @@ def translate(
         On bad frames, bad neighbours, a bad scale or a missing / wrong model.
     """
     arr = as_frames(frames, name="frames")
-    _check_tta(tta)
+    flips = tta_flips(tta)
     scale = mbdt_input_scale(arr) if scale is None else _check_scale(scale)
     nb = []
     for name, img, edge in (("before", before, arr[0]), ("after", after, arr[-1])):
@@ -159,7 +161,7 @@ def translate(
         nb.append(img * scale)
     net, dev, _ = resolve_network("mbdt", model, device)
     batch_size = resolve_batch_size(batch_size, arr.shape[1:], dev)
-    return _run_translator(net, arr * np.float32(scale), nb[0], nb[1], batch_size, dev, tta)
+    return _run_translator(net, arr * np.float32(scale), nb[0], nb[1], batch_size, dev, flips)
 
 
 def iter_translate(
@@ -219,7 +221,7 @@ def iter_translate(
             f"the input must be a (frames, height, width) stack with at least one frame, got shape {shape}."
         )
     n = shape[0]
-    _check_tta(tta)
+    flips = tta_flips(tta)
     if scale is None:
         scale = run_scale(stack, mbdt=True)
     scale = np.float32(_check_scale(scale))
@@ -230,7 +232,7 @@ def iter_translate(
         block = block * scale
         before = block[0] if prev is None else prev
         after = ulm_io.read_block(stack, stop, stop + 1)[0] * scale if stop < n else block[-1]
-        mb = _run_translator(net, block, before, after, batch_size, dev, tta)
+        mb = _run_translator(net, block, before, after, batch_size, dev, flips)
         mask = block_gate(stack, block, start, stop, scale=scale, psf=psf, mode=gate, **(gate_params or {}))
         yield start, stop, mb if mask is None else mb * mask
         prev = block[-1]

@@ -220,12 +220,10 @@ def plan_run(
 
     gate_mode = "none" if not mb_only else (spec.gate if gate is None else gate)
     if spec.denoise == "mbdt":
-        from ..dl.mbdt_inference import DEFAULT_TTA, TTA_MODES
+        from ..dl.mbdt_inference import DEFAULT_TTA, tta_flips
 
         # MB-DT's mirror averaging, checked before any work and recorded in run.json.
-        tta = denoise_params.setdefault("tta", DEFAULT_TTA)
-        if not isinstance(tta, str) or tta not in TTA_MODES:
-            raise CycleULMError(f"tta (MB-DT mirror averaging) must be one of {sorted(TTA_MODES)}, got {tta!r}.")
+        tta_flips(denoise_params.setdefault("tta", DEFAULT_TTA))
     gate_params = dict(gate_params or {})
     e2e_plan = prior_plan = None
     if e2e:
