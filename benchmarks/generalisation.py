@@ -673,7 +673,7 @@ def markdown(report: dict) -> str:
     if any(r.get("finetune") for r in recs):
         out += ["", "## MB-DT on the MIP, after fine-tuning", ""] + _mip_table(recs, "finetune")
     empty = [r["truth"].get("empty_map_sr_rmse") for r in recs]
-    empty_note = (f" An empty map scores {_fmt(_mean([e for e in empty if e is not None]), 4)} on average "
+    empty_note = (f"An empty map scores {_fmt(_mean([e for e in empty if e is not None]), 4)} on average "
                   "(per setting in the JSON, `truth.empty_map_sr_rmse`): read the RMSE beside the correlation, spill and coverage."
                   if any(e is not None for e in empty) else "")
     for metric, title in (("sr_correlation", "SR density map correlation with the ground-truth map (Pearson, "
@@ -692,7 +692,7 @@ def markdown(report: dict) -> str:
             table = _pipeline_table(recs, block, metric, list(PIPELINES), digits=4 if metric == "sr_rmse" else 3,
                                     ratios=RATIOS["map"])
             if table:
-                note = [empty_note.strip(), ""] if (metric == "sr_rmse" and empty_note) else []
+                note = [empty_note, ""] if (metric == "sr_rmse" and empty_note) else []
                 out += ["", f"## {title}, {label}", ""] + note + table
     return "\n".join(out) + "\n"
 
