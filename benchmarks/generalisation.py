@@ -500,7 +500,7 @@ def _finetune(sim, filtered, psf, args, run_all, signal, background, points, rad
 
 def _print_mip(before, after, label):
     def fw(r):
-        return "-" if r.get("fwhm_y_px") is None else f"{r['fwhm_y_px']:.2f} x {r['fwhm_x_px']:.2f} px"
+        return " x ".join("-" if r.get(k) is None else f"{r[k]:.2f}" for k in ("fwhm_y_px", "fwhm_x_px")) + " px"
 
     print(f"   [{label}] MIP contrast CNR {before['contrast_db']:.2f} -> {after['contrast_db']:.2f} dB "
           f"(ratio {before['ratio_db']:.2f} -> {after['ratio_db']:.2f} dB); FWHM {fw(before)} -> {fw(after)}",

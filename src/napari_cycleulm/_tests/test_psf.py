@@ -180,6 +180,32 @@ def test_auto_estimate(isolated_bubbles):
         estimate_psf_auto(np.zeros((3, 64, 64)))
 
 
+
+def test_auto_estimate_cuts_smaller_patches_for_a_wide_crowded_psf():
+    # A wide PSF (sigma 4 px) and every bubble with a neighbour 16 px to its
+    # right: inside a 4-sigma patch (so no bubble is usable there), outside a
+    # 3-sigma one.  The automatic estimate falls back to smaller patches.
+    rng = np.random.default_rng(3)
+    sigma = (4.0, 4.0)
+    pts, amps = [], []
+    for f in range(20):
+        y, x = rng.uniform(40, 56), rng.uniform(34, 44)
+        pts += [(f, y, x), (f, y + rng.uniform(-1, 1), x + 16)]
+        amps += [1.0, 0.8]
+    frames = draw_bubbles((20, 96, 96), np.array(pts), sigma, amps)
+    frames += rng.normal(0, 0.005, frames.shape).astype(np.float32)
+    firsts = np.array(pts[::2])
+    with pytest.raises(CycleULMError, match="second bubble"):
+        estimate_psf(frames, firsts)  # the default 4-sigma patch
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        est = estimate_psf_auto(frames)
+    assert est.n_used >= 3
+    assert est.psf.sigma_y_px == pytest.approx(sigma[0], rel=0.1)
+    assert est.psf.sigma_x_px == pytest.approx(sigma[1], rel=0.1)
+    with pytest.raises(CycleULMError, match="radius_sigmas"):
+        pick_isolated_bubbles(frames, radius_sigmas=0)
+
 def test_shrink_halves_fwhm():
     psf = PSF(1.5, 2.0, 0.1, pixel_size_um=100.0)
     small = psf.shrink(0.5)
