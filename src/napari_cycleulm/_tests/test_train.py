@@ -218,6 +218,32 @@ def test_validate_mblnet_and_mbtnet_report_metrics():
     assert v["trajectory_precision_sr1"] <= v["trajectory_precision"]
 
 
+
+def test_validate_mbtnet_velocity_on_detected_paths():
+    """The detected-path velocity error counts only the true path pixels the map detects."""
+    import torch
+
+    class Constant(torch.nn.Module):  # traj logit `logit` everywhere, zero velocity
+        def __init__(self, logit):
+            super().__init__()
+            self.config = {"n_frames": 8}
+            self.logit = logit
+
+        def forward(self, x):
+            n, _, h, w = x.shape
+            out = torch.zeros(n, 3, 4 * h, 4 * w)
+            out[:, 0] = self.logit
+            return out
+
+    sees_all = train.validate_mbtnet(Constant(10.0), (0.5, 1.5), n=2)
+    assert sees_all["detected_path_fraction"] == 1.0
+    # Zero velocity: the error is the speed itself, on all and on detected paths alike.
+    assert sees_all["velocity_rmse_detected_px_per_frame"] == pytest.approx(sees_all["velocity_rms_px_per_frame"])
+    assert sees_all["velocity_rmse_px_per_frame"] == pytest.approx(sees_all["velocity_rms_px_per_frame"])
+    blind = train.validate_mbtnet(Constant(-10.0), (0.5, 1.5), n=2)
+    assert blind["detected_path_fraction"] == 0.0
+    assert np.isnan(blind["velocity_rmse_detected_px_per_frame"])
+
 def _bubble_stack(n_per_frame, seed=0, shape=(20, 80, 80)):
     rng = np.random.default_rng(seed)
     pts = [(f, y, x) for f in range(shape[0]) for y, x in rng.uniform(6, shape[1] - 6, (n_per_frame, 2))]

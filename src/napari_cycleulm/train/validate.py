@@ -126,7 +126,12 @@ def validate_mbtnet(
         a tolerance of one output (SR) pixel (``..._sr1``) and
         ``velocity_rmse_px_per_frame`` (RMS vector error of ``(vy, vx)`` on
         the GT trajectory pixels, input pixels per frame), plus
-        ``velocity_rms_px_per_frame`` of the GT for scale.
+        ``velocity_rms_px_per_frame`` of the GT for scale; the same two on
+        the GT trajectory pixels the thresholded map detects
+        (``velocity_rmse_detected_px_per_frame``,
+        ``velocity_rms_detected_px_per_frame``: the velocities an E2E map
+        shows, since it accumulates them only where a path is detected) and
+        the ``detected_path_fraction`` of GT trajectory pixels.
     """
     from scipy import ndimage
 
@@ -157,14 +162,21 @@ def validate_mbtnet(
 
     prec, rec, f1 = tolerant(MBTNET_UPSCALE)
     prec1, rec1, f1_1 = tolerant(1)
-    err = ((out[:, 1:3] - data.velocity) ** 2).sum(axis=1)[gt]
-    vgt = (data.velocity**2).sum(axis=1)[gt]
+    err_all = ((out[:, 1:3] - data.velocity) ** 2).sum(axis=1)
+    speed2 = (data.velocity**2).sum(axis=1)
+    err, vgt = err_all[gt], speed2[gt]
+    # Where the map reports a path (E2E accumulates velocities only there):
+    # the true path pixels the thresholded map detects.
+    err_det, vgt_det = err_all[gt & pred], speed2[gt & pred]
     return {
         "dice": dice, "trajectory_precision": prec, "trajectory_recall": rec,
         "trajectory_f1": f1,
         "trajectory_precision_sr1": prec1, "trajectory_recall_sr1": rec1, "trajectory_f1_sr1": f1_1,
         "velocity_rmse_px_per_frame": float(np.sqrt(err.mean())) if err.size else float("nan"),
         "velocity_rms_px_per_frame": float(np.sqrt(vgt.mean())) if vgt.size else float("nan"),
+        "velocity_rmse_detected_px_per_frame": float(np.sqrt(err_det.mean())) if err_det.size else float("nan"),
+        "velocity_rms_detected_px_per_frame": float(np.sqrt(vgt_det.mean())) if vgt_det.size else float("nan"),
+        "detected_path_fraction": float(err_det.size) / max(float(err.size), 1.0),
         "n_sequences": int(n), "threshold": threshold,
     }
 
