@@ -50,14 +50,17 @@ def _score(sim, result) -> dict:
     return {"f1": m.f1, "recall": m.recall, "precision": m.precision}
 
 
-def summarise(rows: dict) -> dict:
-    """Worst and mean ratio to Baseline 2 per mode, and the mode the rule chooses."""
+def summarise(rows: dict, variants=TTA_MODES) -> dict:
+    """Worst and mean ratio to Baseline 2 per variant, and the variant the rule chooses.
+
+    ``rows[setting][variant]["f1"]``, with ``rows[setting]["baseline2"]`` the reference.
+    """
     summary = {}
-    for mode in TTA_MODES:
-        ratios = [r[mode]["f1"] / max(r["baseline2"]["f1"], 1e-9) for r in rows.values() if mode in r]
-        summary[mode] = {"worst_ratio": float(min(ratios)), "mean_ratio": float(np.mean(ratios)),
-                         "mean_f1": float(np.mean([r[mode]["f1"] for r in rows.values()]))}
-    chosen = max(summary, key=lambda m: (summary[m]["worst_ratio"], summary[m]["mean_ratio"]))
+    for v in variants:
+        ratios = [r[v]["f1"] / max(r["baseline2"]["f1"], 1e-9) for r in rows.values() if v in r]
+        summary[v] = {"worst_ratio": float(min(ratios)), "mean_ratio": float(np.mean(ratios)),
+                      "mean_f1": float(np.mean([r[v]["f1"] for r in rows.values()]))}
+    chosen = max(summary, key=lambda v: (summary[v]["worst_ratio"], summary[v]["mean_ratio"]))
     return {"modes": summary, "chosen": chosen}
 
 
