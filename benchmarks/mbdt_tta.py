@@ -64,16 +64,24 @@ def summarise(rows: dict, variants=TTA_MODES) -> dict:
     return {"modes": summary, "chosen": chosen}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("bench_out/mbdt_tta.json"))
+def selection_parser(description: str, default_out: str) -> argparse.ArgumentParser:
+    """The options every selection script of this kind shares."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", type=Path, default=Path(default_out))
     ap.add_argument("--frames", type=int, default=100)
     ap.add_argument("--settings", nargs="*", default=None, choices=list(ALL_SETTINGS),
                     help="settings to run (default: all eleven; none with --merge: only merge)")
     ap.add_argument("--merge", nargs="*", type=Path, default=[],
                     help="JSON reports of other runs (e.g. over other --settings) to merge before choosing")
     ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
+    return ap
+
+
+def run_selection(args, variants: dict, extra: dict) -> dict:
+    """Baseline 2 and CycleULM-Loc with each variant's ``run_pipeline`` arguments on the settings.
+
+    Writes ``args.out`` and prints the summary; returns the report.
+    """
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore", UserWarning)
     rows = {}
@@ -84,19 +92,25 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         kw = dict(pixel_size_um=50.0, frame_rate_hz=500.0)
         row = {"baseline2": _score(sim, run_pipeline(sim.frames, "baseline2", "auto", **kw))}
-        for mode in TTA_MODES:
-            row[mode] = _score(sim, run_pipeline(sim.frames, "cycleulm-loc", "auto",
-                                                 denoise_params={"tta": mode}, **kw))
+        for tag, extra_kw in variants.items():
+            row[tag] = _score(sim, run_pipeline(sim.frames, "cycleulm-loc", "auto", **extra_kw, **kw))
         rows[name] = row
         print(name, {k: round(v["f1"], 3) for k, v in row.items()}, f"{time.perf_counter() - t0:.0f} s", flush=True)
     report = {"frames": args.frames, "settings": {k: ALL_SETTINGS[k] for k in rows}, "results": rows,
-              **summarise(rows), "shipped_default": DEFAULT_TTA}
+              **summarise(rows, list(variants)), **extra}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1, default=str) + "\n")
-    for mode, s in report["modes"].items():
-        print(f"{mode:>14}: worst ratio {s['worst_ratio']:.3f}, mean ratio {s['mean_ratio']:.3f}, "
+    for tag, s in report["modes"].items():
+        print(f"{tag:>14}: worst ratio {s['worst_ratio']:.3f}, mean ratio {s['mean_ratio']:.3f}, "
               f"mean F1 {s['mean_f1']:.3f}")
     print("chosen:", report["chosen"])
+    return report
+
+
+def main(argv=None) -> int:
+    args = selection_parser(__doc__.split("\n\n")[0], "bench_out/mbdt_tta.json").parse_args(argv)
+    run_selection(args, {mode: {"denoise_params": {"tta": mode}} for mode in TTA_MODES},
+                  {"shipped_default": DEFAULT_TTA})
     return 0
 
 
