@@ -290,10 +290,15 @@ def _local_maxima(image: np.ndarray, threshold: float) -> np.ndarray:
     return mask
 
 
+def patch_radius_px(sigma_px: float, radius_sigmas: float = 4.0) -> int:
+    """Half-size (pixels) of a bubble patch: ``ceil(radius_sigmas * sigma)`` clipped to [4, 30]."""
+    return int(np.clip(np.ceil(radius_sigmas * sigma_px), 4, 30))
+
+
 def _screening_radii(frames: np.ndarray, pts: np.ndarray, patch_radius, exclusion_radius):
     """Patch radius, central-lobe radius and peak search radius for :func:`estimate_psf`."""
     sigma_rough = _rough_sigma(frames, pts)
-    r = int(patch_radius) if patch_radius is not None else int(np.clip(np.ceil(4 * sigma_rough), 4, 30))
+    r = int(patch_radius) if patch_radius is not None else patch_radius_px(sigma_rough)
     excl = float(exclusion_radius) if exclusion_radius is not None else max(2.0, 2.0 * sigma_rough)
     search = max(1, int(round(sigma_rough)))
     return r, excl, search

@@ -27,6 +27,7 @@ from .fit import (
     _screen_points,
     _screening_radii,
     estimate_psf,
+    patch_radius_px,
 )
 
 __all__ = [
@@ -121,7 +122,7 @@ def pick_isolated_bubbles(
     sigma = _rough_sigma(frames, np.array(brightest[:40], dtype=np.float64), max_points=40)
     if not (np.isfinite(radius_sigmas) and radius_sigmas > 0):
         raise CycleULMError(f"radius_sigmas must be a positive number, got {radius_sigmas!r}.")
-    radius = int(np.clip(np.ceil(radius_sigmas * sigma), 4, 30))
+    radius = patch_radius_px(sigma, radius_sigmas)
     excl = max(2.0, 2.0 * sigma)
     sep = float(min_separation) if min_separation is not None else 2.0 * radius * separation_factor
     edge = radius + 2
@@ -224,8 +225,7 @@ def estimate_psf_auto(frames, n: int = 20, **kw) -> PSFEstimate:
                 continue
             patch = {}
             if radius_sigmas != AUTO_PATCH_RADIUS_SIGMAS[0]:
-                sigma = _rough_sigma(frames, pts)
-                patch["patch_radius"] = int(np.clip(np.ceil(radius_sigmas * sigma), 4, 30))
+                patch["patch_radius"] = patch_radius_px(_rough_sigma(frames, pts), radius_sigmas)
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
