@@ -214,7 +214,8 @@ def estimate_psf_auto(frames, n: int = 20, **kw) -> PSFEstimate:
     # bubbles: relax it step by step, keeping the first estimate with enough
     # bubbles; if none works with the default patch, cut smaller patches.
     factors = (1.0,) if "min_separation" in pick_kw else AUTO_SEPARATION_FACTORS
-    radii = AUTO_PATCH_RADIUS_SIGMAS[:1] if "patch_radius" in kw else AUTO_PATCH_RADIUS_SIGMAS
+    given_radius = kw.pop("patch_radius", None)
+    radii = AUTO_PATCH_RADIUS_SIGMAS[:1] if given_radius is not None else AUTO_PATCH_RADIUS_SIGMAS
     best, found, last_error = None, 0, None
     for radius_sigmas in radii:
         for factor in factors:
@@ -223,13 +224,12 @@ def estimate_psf_auto(frames, n: int = 20, **kw) -> PSFEstimate:
             found = max(found, len(pts))
             if len(pts) < MIN_BUBBLES:
                 continue
-            patch = {}
-            if radius_sigmas != AUTO_PATCH_RADIUS_SIGMAS[0]:
-                patch["patch_radius"] = patch_radius_px(_rough_sigma(frames, pts), radius_sigmas)
+            radius = (given_radius if given_radius is not None
+                      else patch_radius_px(_rough_sigma(frames, pts), radius_sigmas))
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", UserWarning)
-                    est = estimate_psf(frames, pts, **patch, **kw)
+                    est = estimate_psf(frames, pts, patch_radius=radius, **kw)
             except CycleULMError as exc:
                 last_error = exc
                 continue

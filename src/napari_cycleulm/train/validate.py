@@ -102,6 +102,11 @@ def validate_mblnet(
     }
 
 
+def _root_mean(squares: np.ndarray) -> float:
+    """Square root of the mean of squared values (NaN when there are none)."""
+    return float(np.sqrt(squares.mean())) if squares.size else float("nan")
+
+
 def validate_mbtnet(
     model,
     psf_or_range,
@@ -172,10 +177,10 @@ def validate_mbtnet(
         "dice": dice, "trajectory_precision": prec, "trajectory_recall": rec,
         "trajectory_f1": f1,
         "trajectory_precision_sr1": prec1, "trajectory_recall_sr1": rec1, "trajectory_f1_sr1": f1_1,
-        "velocity_rmse_px_per_frame": float(np.sqrt(err.mean())) if err.size else float("nan"),
-        "velocity_rms_px_per_frame": float(np.sqrt(vgt.mean())) if vgt.size else float("nan"),
-        "velocity_rmse_detected_px_per_frame": float(np.sqrt(err_det.mean())) if err_det.size else float("nan"),
-        "velocity_rms_detected_px_per_frame": float(np.sqrt(vgt_det.mean())) if vgt_det.size else float("nan"),
+        "velocity_rmse_px_per_frame": _root_mean(err),
+        "velocity_rms_px_per_frame": _root_mean(vgt),
+        "velocity_rmse_detected_px_per_frame": _root_mean(err_det),
+        "velocity_rms_detected_px_per_frame": _root_mean(vgt_det),
         "detected_path_fraction": float(err_det.size) / max(float(err.size), 1.0),
         "n_sequences": int(n), "threshold": threshold,
     }
